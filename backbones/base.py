@@ -1,0 +1,49 @@
+"""The backbone seam: every encoder that a pretext task can pretrain."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """An image encoder with pooled, spatial and per-stage outputs.
+
+    Inputs are float tensors ``(N, C, H, W)`` (any float dtype; values as the
+    pretext task prepares them). Subclasses set these attributes:
+
+    Attributes:
+        num_features: D, the width of the pooled features from :meth:`forward`.
+        feature_channels: C', the channels of :meth:`feature_map`.
+        stage_names: one name per tensor that :meth:`forward_stages` returns.
+        in_chans: input channels C.
+        img_size: the input side the backbone was built for, in pixels.
+        family: ``"cnn"`` or ``"vit"``; tasks that need one (MAE) check it.
+    """
+
+    num_features: int
+    feature_channels: int
+    stage_names: list[str]
+    in_chans: int
+    img_size: int
+    family: str
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Intermediate feature maps, shallow to deep.
+
+        Args:
+            x: ``(N, C, H, W)`` float images.
+
+        Returns:
+            One ``(N, C_i, h_i, w_i)`` tensor per entry of :attr:`stage_names`;
+            the last is :meth:`feature_map`.
+        """
+        raise NotImplementedError
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The deepest spatial features ``(N, feature_channels, h, w)`` (decoders use it)."""
+        return self.forward_stages(x)[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(N, num_features)``: global average of :meth:`feature_map`."""
+        return self.feature_map(x).mean(dim=(2, 3))
