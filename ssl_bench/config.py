@@ -1,0 +1,105 @@
+"""The resolved settings of one run and the name of its directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssl_bench.errors import OptionError
+
+# Settings that name a run directory rather than change what is measured.
+_NOT_IN_HASH = {"task", "backbone", "dataset", "seed", "data_root", "out", "device", "resume",
+                "overwrite", "download", "name", "command", "eval_batch_size"}
+
+
+@dataclass
+class RunConfig:
+    """Every setting of ``ssl-bench run``; ``config.yaml`` stores it resolved.
+
+    Attributes:
+        task, backbone, dataset: registry names (``--task``, ``--backbone``, ``--dataset``).
+        data_root: an existing copy of the dataset (``--data-root``).
+        image_size: resize images to this side in pixels (``None``: native).
+        epochs: pretraining epochs over the (subset of the) train split.
+        batch_size: pretraining images per step.
+        train_subset: pretrain on a fixed, seeded subset of this many train images.
+        seed: seeds weights, batch order, corruptions and the subset.
+        out: parent folder of run directories.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        resume, overwrite: continue an existing run / delete it and start afresh.
+        task_options: ``--set key=value`` task hyperparameters.
+        backbone_options: ``--backbone-opt key=value`` backbone settings.
+        optimizer, lr, weight_decay, warmup_epochs: override the task's optimizer
+            defaults (every optimizer of the task; ``lr`` keeps their ratio).
+        evaluators: evaluator names run on frozen features.
+        eval_batch_size: images per feature-extraction batch.
+        pretext_eval_images: test images used for held-out pretext metrics.
+        download: let torchvision download a missing dataset.
+        name: run directory name (default: derived, see :func:`run_name`).
+        command: the command line that made the run.
+    """
+
+    task: str = "jigsaw"
+    backbone: str = "convnet"
+    dataset: str = "digits"
+    data_root: str | None = None
+    image_size: int | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    train_subset: int | None = None
+    seed: int = 0
+    out: str = "runs"
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    task_options: dict[str, Any] = field(default_factory=dict)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    evaluators: list[str] = field(default_factory=lambda: ["knn", "linear"])
+    eval_batch_size: int = 512
+    pretext_eval_images: int = 2048
+    download: bool = True
+    name: str | None = None
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        for option, value, low in (("--epochs", self.epochs, 0), ("--batch-size", self.batch_size, 2),
+                                   ("--eval-batch-size", self.eval_batch_size, 1),
+                                   ("--pretext-eval-images", self.pretext_eval_images, 1)):
+            if value < low:
+                raise OptionError(f"{option} must be at least {low}, got {value}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise OptionError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise OptionError("--resume and --overwrite exclude each other")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_name(config: RunConfig) -> str:
+    """``<task>-<backbone>-<dataset>-s<seed>[-<hash>]``.
+
+    The hash (8 hex digits) appears when any setting that changes the result differs
+    from its default, so runs with different budgets or options never share a folder.
+    """
+    if config.name:
+        return config.name
+    defaults = RunConfig()
+    changed = {k: v for k, v in config.to_dict().items()
+               if k not in _NOT_IN_HASH and v != getattr(defaults, k)}
+    dataset = re.sub(r"[^A-Za-z0-9_.]+", "_", config.dataset.replace("imagefolder:", "folder-")
+                     .rstrip("/")).strip("_")[-40:]
+    backbone = config.backbone.replace("timm:", "timm_").replace("/", "_")
+    name = f"{config.task}-{backbone}-{dataset}-s{config.seed}"
+    if changed:
+        digest = hashlib.sha1(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()
+        name += f"-{digest[:8]}"
+    return name

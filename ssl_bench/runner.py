@@ -1,0 +1,194 @@
+"""One run end to end: data → pretext task → checkpoint → frozen features → metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_bench.build import build_task
+from ssl_bench.config import RunConfig, run_name
+from ssl_bench.data import ImageData, load_dataset, subset_indices, to_float
+from ssl_bench.errors import OptionError, SslBenchError
+from ssl_bench.registry import EVALUATORS, load_builtins
+from ssl_bench.rundir import (CONFIG, METRICS, RESULTS, atomic_write_json, atomic_write_yaml,
+                              git_commit, read_json, versions)
+from ssl_bench.train import TrainConfig, Trainer
+from tasks.base import OptimConfig, PretextTask, count_parameters, options_to_dict
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU.
+
+    Raises:
+        OptionError: ``cuda`` requested on a machine without CUDA.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_optims(task: PretextTask, config: RunConfig) -> list[OptimConfig]:
+    """The task's default optimizers with the CLI overrides applied.
+
+    ``--lr`` sets the first optimizer's LR and scales the others by the same factor,
+    so ratios a paper fixes (the context encoder's 10:1) survive.
+    """
+    optims = task.default_optim(config.batch_size)
+    scale = config.lr / optims[0].lr if config.lr is not None else 1.0
+    for o in optims:
+        o.lr *= scale
+        if config.optimizer is not None:
+            o.name = config.optimizer
+        if config.weight_decay is not None:
+            o.weight_decay = config.weight_decay
+        if config.warmup_epochs is not None:
+            o.warmup_epochs = config.warmup_epochs
+    return optims
+
+
+def backbone_gflops(task: PretextTask, spec, device: torch.device) -> float | None:
+    """Forward GFLOPs per image of the evaluated backbone at the dataset's size
+    (``torch.utils.flop_counter``; counts a multiply–add as 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(2, spec.channels, spec.image_size, spec.image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            task.features(x)
+    except Exception:  # a backbone the counter cannot trace is reported without FLOPs
+        return None
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def _check_run_dir(config: RunConfig) -> Path:
+    run_dir = Path(config.out) / run_name(config)
+    if run_dir.exists() and not (config.overwrite or config.resume):
+        state = "finished" if (run_dir / RESULTS).exists() else "unfinished"
+        raise SslBenchError(f"run directory {run_dir} exists ({state}); pass --resume to "
+                            "continue it or --overwrite to start afresh")
+    return run_dir
+
+
+def _pretext_metrics(task: PretextTask, images: torch.Tensor, batch_size: int,
+                     device: torch.device) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    count = 0
+    for chunk in images.split(batch_size):
+        metrics = task.pretext_metrics(to_float(chunk.to(device)))
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+        count += len(chunk)
+    return {k: v / count for k, v in sums.items()}
+
+
+def run_experiment(config: RunConfig) -> dict[str, Any]:
+    """Pretrain, evaluate and write one run directory; return its ``results.json``.
+
+    Raises:
+        SslBenchError: any bad input (names, options, data), an interrupted or
+            diverged run; the message says what to do.
+    """
+    from eval import extract_features
+    from ssl_bench.plots import save_figure
+
+    load_builtins()
+    evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
+    run_dir = _check_run_dir(config)
+    if config.resume and (run_dir / RESULTS).exists():
+        return read_json(run_dir / RESULTS)
+    device = resolve_device(config.device)
+
+    data: ImageData = load_dataset(config.dataset, config.data_root, config.image_size,
+                                   download=config.download)
+    spec = data.spec()
+    train_idx = subset_indices(len(data.train_images), config.train_subset, config.seed)
+    torch.manual_seed(config.seed)
+    task = build_task(config.task, config.backbone, spec, config.task_options,
+                      config.backbone_options).to(device)
+    optims = resolve_optims(task, config)
+    # Only now, with every input checked, touch the run directory.
+    if config.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(run_dir / CONFIG, {
+        **config.to_dict(),
+        "resolved_task_options": options_to_dict(task.options),
+        "resolved_optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims],
+        "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
+                 "test_images": len(data.test_images), "channels": spec.channels,
+                 "image_size": spec.image_size, "num_classes": data.num_classes},
+        "device_resolved": str(device), "versions": versions(), "git_commit": git_commit(),
+    })
+
+    epochs = config.epochs if task.pretrains else 0
+    trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
+                      TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device)
+    stats = trainer.fit(resume=config.resume)
+
+    task.eval()
+    eval_start = time.perf_counter()
+    test_for_pretext = data.test_images[:config.pretext_eval_images]
+    pretext = _pretext_metrics(task, test_for_pretext, config.eval_batch_size, device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    train_x = extract_features(task.features, data.train_images, config.eval_batch_size, device,
+                               autocast, progress="train features")
+    test_x = extract_features(task.features, data.test_images, config.eval_batch_size, device,
+                              autocast, progress="test features")
+    metrics: dict[str, float] = {}
+    for name, evaluator in evaluators.items():
+        metrics.update(evaluator.evaluate(train_x, data.train_labels, test_x, data.test_labels,
+                                          data.num_classes, seed=config.seed))
+    eval_seconds = time.perf_counter() - eval_start
+
+    figure = task.render(to_float(data.test_images[:8].to(device)))
+    if figure is not None:
+        save_figure(figure, run_dir / f"{task.name}.png")
+    _save_loss_curve(run_dir)
+
+    results = {
+        "task": config.task, "backbone": config.backbone, "dataset": config.dataset,
+        "seed": config.seed, "epochs": epochs, "batch_size": trainer.batch_size,
+        "pretrain_images": len(train_idx), "images_seen": stats.images_seen, "steps": stats.steps,
+        "metrics": metrics, "pretext": pretext,
+        "cost": {"train_seconds": round(stats.train_seconds, 2),
+                 "train_images_per_s": round(stats.images_per_s, 1),
+                 "eval_seconds": round(eval_seconds, 2),
+                 "backbone_params": count_parameters(task.backbone),
+                 "task_params": count_parameters(task),
+                 "backbone_gflops_per_image": backbone_gflops(task, spec, device),
+                 "feature_dim": int(train_x.shape[1]), "device": str(device)},
+        "summary": task.summary(), "command": config.command,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(run_dir / RESULTS, results)
+    return results
+
+
+def _save_loss_curve(run_dir: Path) -> None:
+    """``loss_curve.png``: training loss against step from ``metrics.jsonl``."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    import matplotlib.pyplot as plt
+
+    from ssl_bench.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+    ax.set_xlabel("step")
+    ax.set_ylabel("pretext loss")
+    ax.set_title(run_dir.name, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, run_dir / "loss_curve.png")

@@ -1,0 +1,262 @@
+"""The training loop shared by every pretext task.
+
+One loop serves all tasks: it draws seeded batches of uint8 images, converts and
+flips them as whole tensors, calls ``task.training_step`` (which steps however
+many optimizers the task has) and steps one warm-up + cosine scheduler per
+optimizer. It checkpoints every epoch and on Ctrl-C, and resumes bit-for-bit on
+CPU: the batch order of an epoch derives from (seed, epoch), and the global RNG
+states travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ssl_bench.data import random_hflip, to_float
+from ssl_bench.errors import SslBenchError
+from ssl_bench.rundir import CHECKPOINT, METRICS, append_jsonl, atomic_torch_save
+from tasks.base import OptimConfig, PretextTask
+
+
+class Interrupted(SslBenchError):
+    """Training was stopped with Ctrl-C after a checkpoint was saved."""
+
+
+class Diverged(SslBenchError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop.
+
+    Attributes:
+        epochs: passes over the (subset of the) train split.
+        batch_size: images per step.
+        seed: seeds the batch order of every epoch.
+        log_every: steps between ``metrics.jsonl`` lines and progress updates.
+    """
+
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    log_every: int = 20
+
+
+@dataclass
+class TrainStats:
+    """What training cost.
+
+    Attributes:
+        steps: optimization steps taken in total (over all sessions of a resumed run).
+        images_seen: training images processed, counting repeats over epochs.
+        train_seconds: wall-clock seconds spent in the loop (checkpoint writes excluded).
+        images_per_s: ``images_seen / train_seconds``.
+    """
+
+    steps: int
+    images_seen: int
+    train_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear warm-up from 0 over ``warmup_steps``, then half-cosine
+    decay to 0 at ``total_steps`` (Loshchilov & Hutter 2017, SGDR without restarts)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The batch order of ``epoch``: a permutation of ``range(n)`` fixed by (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Pretrains ``task`` on ``images``, writing ``metrics.jsonl`` and ``checkpoint.pt``.
+
+    Args:
+        task: the pretext task (moved to ``device`` by the caller).
+        images: the train split, ``uint8`` ``(N, C, H, W)`` on the CPU.
+        hflip: flip batches horizontally at random (natural images only).
+        config: loop settings.
+        optims: one :class:`OptimConfig` per optimizer of the task.
+        run_dir: where ``metrics.jsonl`` and ``checkpoint.pt`` go.
+        device: where the steps run; bf16 autocast on CUDA.
+    """
+
+    def __init__(self, task: PretextTask, images: torch.Tensor, hflip: bool, config: TrainConfig,
+                 optims: list[OptimConfig], run_dir: Path, device: torch.device) -> None:
+        self.task, self.images, self.hflip, self.config = task, images, hflip, config
+        self.run_dir, self.device = Path(run_dir), device
+        self.batch_size = min(config.batch_size, len(images))
+        self.steps_per_epoch = max(1, len(images) // self.batch_size)  # drop the last partial batch
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.optimizers = task.configure_optimizers(optims)
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
+                self.total_steps, min(self.total_steps // 2,
+                                      round(o.warmup_epochs * self.steps_per_epoch))))
+            for opt, o in zip(self.optimizers, optims)]
+        self.epoch = self.batch = self.step = self.images_seen = 0
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------- checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def save_checkpoint(self) -> None:
+        """Write the full training state atomically (model, optimizers, schedulers,
+        RNG states, position in the epoch, cost so far)."""
+        atomic_torch_save({
+            "task": self.task.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+            "rng": _rng_state(),
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        """Restore the state written by :meth:`save_checkpoint` and drop ``metrics.jsonl``
+        lines logged after it (they will be logged again).
+
+        Raises:
+            SslBenchError: if the checkpoint does not match this task/configuration.
+        """
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        try:
+            self.task.load_state_dict(state["task"])
+            for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(s)
+            for sched, s in zip(self.schedulers, state["schedulers"], strict=True):
+                sched.load_state_dict(s)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise SslBenchError(f"checkpoint {self.checkpoint_path} does not match this run's "
+                                f"task and settings ({exc.__class__.__name__}); use --overwrite "
+                                "to start afresh") from None
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
+        _set_rng_state(state["rng"])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        import json
+
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        from ssl_bench.rundir import atomic_write_text
+
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------- loop
+
+    def _batch(self, order: torch.Tensor, b: int) -> torch.Tensor:
+        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        x = to_float(self.images[idx].to(self.device, non_blocking=True))
+        return random_hflip(x) if self.hflip else x
+
+    def fit(self, resume: bool = False) -> TrainStats:
+        """Train until ``config.epochs`` are done.
+
+        Args:
+            resume: continue from ``checkpoint.pt`` if it exists.
+
+        Raises:
+            Interrupted: on Ctrl-C, after saving a checkpoint.
+            Diverged: on a NaN/inf loss (no checkpoint of the diverged state).
+        """
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+        self.task.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   desc=f"{self.task.name} pretraining", disable=None)
+        try:
+            while self.epoch < self.config.epochs:
+                order = epoch_order(len(self.images), self.config.seed, self.epoch)
+                window_start, window_images = time.perf_counter(), 0
+                while self.batch < self.steps_per_epoch:
+                    t0 = time.perf_counter()
+                    x = self._batch(order, self.batch)
+                    with autocast:
+                        logs = self.task.training_step(x, self.optimizers)
+                    for sched in self.schedulers:
+                        sched.step()
+                    self.batch += 1
+                    self.step += 1
+                    self.images_seen += len(x)
+                    window_images += len(x)
+                    if self.step % self.config.log_every == 0 or self.batch == self.steps_per_epoch:
+                        values = self._check(logs)
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize()
+                        now = time.perf_counter()
+                        rate = window_images / max(now - window_start, 1e-9)
+                        window_start, window_images = now, 0
+                        self._log(values, rate)
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+                    self.train_seconds += time.perf_counter() - t0
+                    bar.update(1)
+                self.epoch += 1
+                self.batch = 0
+                self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise Interrupted(f"interrupted at step {self.step}/{self.total_steps}; checkpoint "
+                              f"saved to {self.checkpoint_path}; continue with --resume") from None
+        finally:
+            bar.close()
+        return TrainStats(self.step, self.images_seen, self.train_seconds)
+
+    def _check(self, logs: dict) -> dict[str, float]:
+        values = {k: float(v) for k, v in logs.items()}
+        if not math.isfinite(values.get("loss", 0.0)):
+            raise Diverged(f"the {self.task.name} loss became {values['loss']} at step {self.step}; "
+                           "lower --lr or check the task options")
+        return values
+
+    def _log(self, values: dict[str, float], rate: float) -> None:
+        record = {"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
+                  **values, "lr": [s.get_last_lr()[0] for s in self.schedulers],
+                  "images_per_s": rate}
+        append_jsonl(self.run_dir / METRICS, record)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny data specs, real-data locations, a task builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_bench.build import build_task
+from ssl_bench.data import DataSpec
+from ssl_bench.errors import IncompatibleError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR10_ROOT = SHARED_DATA / "cifar10"
+MNIST_ROOT = SHARED_DATA / "mnist"
+
+needs_cifar10 = pytest.mark.skipif(not (CIFAR10_ROOT / "train").is_dir(),
+                                   reason=f"real CIFAR-10 copy not found at {CIFAR10_ROOT}")
+needs_mnist = pytest.mark.skipif(not (MNIST_ROOT / "MNIST" / "raw").is_dir(),
+                                 reason=f"real MNIST copy not found at {MNIST_ROOT}")
+
+RGB32 = DataSpec("rgb32", channels=3, image_size=32, mean=(0.5, 0.5, 0.5),
+                 std=(0.25, 0.25, 0.25), hflip=True)
+GRAY28 = DataSpec("gray28", channels=1, image_size=28, mean=(0.13,), std=(0.3,), hflip=False)
+
+
+def build_small_task(task: str, spec: DataSpec, **task_options):
+    """The task on a tiny convnet (width 8), or on vit_tiny when the task needs a ViT."""
+    try:
+        return build_task(task, "convnet", spec, task_options, {"width": 8})
+    except IncompatibleError as exc:
+        if "VIT" not in str(exc).upper():
+            raise
+        return build_task(task, "vit_tiny", spec, task_options)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield

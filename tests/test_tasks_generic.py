@@ -1,0 +1,68 @@
+"""Every registered pretext task honours the PretextTask contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import GRAY28, RGB32, build_small_task
+from ssl_bench.errors import IncompatibleError
+from ssl_bench.registry import TASKS, load_builtins
+
+load_builtins()
+TASK_NAMES = TASKS.names()
+
+
+def _build_or_skip(name, spec):
+    try:
+        return build_small_task(name, spec)
+    except IncompatibleError as exc:  # e.g. split-brain on grayscale: a clear refusal is the contract
+        assert str(exc)
+        pytest.skip(f"{name} refuses {spec.name}: {exc}")
+
+
+@pytest.mark.parametrize("spec", [RGB32, GRAY28], ids=["rgb32", "gray28"])
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_task_contract(name, spec):
+    task = _build_or_skip(name, spec)
+    images = torch.rand(8, spec.channels, spec.image_size, spec.image_size)
+
+    task.train()
+    if task.pretrains:
+        optimizers = task.configure_optimizers(task.default_optim(batch_size=8))
+        logs = task.training_step(images, optimizers)
+        assert "loss" in logs and torch.isfinite(torch.as_tensor(float(logs["loss"])))
+
+    task.eval()
+    feats = task.features(images)
+    assert feats.ndim == 2 and feats.shape[0] == 8 and torch.isfinite(feats).all()
+    stages = task.feature_stages(images)
+    assert all(s.ndim == 4 and s.shape[0] == 8 for s in stages)
+    metrics = task.pretext_metrics(images)
+    assert all(isinstance(v, float) for v in metrics.values())
+    json.dumps(task.summary())
+    figure = task.render(images[:4])
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        assert figure.axes
+        plt.close(figure)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_task_has_paper_and_docstring(name):
+    cls = TASKS.get(name)
+    assert cls.paper and cls.__doc__ and len(cls.__doc__) > 80
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_state_dict_round_trip(name):
+    task = _build_or_skip(name, RGB32)
+    clone = _build_or_skip(name, RGB32)
+    clone.load_state_dict(task.state_dict())
+    task.eval()
+    clone.eval()
+    images = torch.rand(4, 3, 32, 32)
+    torch.testing.assert_close(task.features(images), clone.features(images))
