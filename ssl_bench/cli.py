@@ -91,7 +91,7 @@ def _print_results(results: dict) -> None:
           f"(seed {results['seed']}, {results['epochs']} epochs, {results['images_seen']} images seen)")
     for section in ("pretext", "metrics"):
         for key, value in results[section].items():
-            print(f"  {key:24s} {value:10.2f}" if isinstance(value, float) else
+            print(f"  {key:24s} {value:10.4g}" if isinstance(value, float) else
                   f"  {key:24s} {value}")
     cost = results["cost"]
     print(f"  train: {cost['train_seconds']:.1f} s at {cost['train_images_per_s']:.0f} images/s; "

@@ -53,8 +53,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as YAML to ``path`` atomically."""
-    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+    """Write ``obj`` as YAML to ``path`` atomically (tuples become lists, other
+    non-JSON values their ``str``)."""
+    plain = json.loads(json.dumps(obj, default=str))
+    atomic_write_text(path, yaml.safe_dump(plain, sort_keys=False))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -158,7 +158,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         "task": config.task, "backbone": config.backbone, "dataset": config.dataset,
         "seed": config.seed, "epochs": epochs, "batch_size": trainer.batch_size,
         "pretrain_images": len(train_idx), "images_seen": stats.images_seen, "steps": stats.steps,
-        "metrics": metrics, "pretext": pretext,
+        "metrics": _rounded(metrics), "pretext": _rounded(pretext),
         "cost": {"train_seconds": round(stats.train_seconds, 2),
                  "train_images_per_s": round(stats.images_per_s, 1),
                  "eval_seconds": round(eval_seconds, 2),
@@ -171,6 +171,10 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     }
     atomic_write_json(run_dir / RESULTS, results)
     return results
+
+
+def _rounded(values: dict[str, float], digits: int = 4) -> dict[str, float]:
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
 
 
 def _save_loss_curve(run_dir: Path) -> None:
