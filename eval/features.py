@@ -1,0 +1,136 @@
+"""Frozen-feature extraction: encode a uint8 image split batch by batch into a
+float32 CPU feature matrix that the evaluators consume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, TypeVar
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ssl_bench.data import to_float
+
+Out = TypeVar("Out")
+
+#: Upper bound on the width of a pooled stage feature (see :func:`stage_grid`).
+MAX_STAGE_DIMS = 4096
+
+
+def _encode_batches(encode: Callable[[torch.Tensor], Out], images: torch.Tensor, batch_size: int,
+                    device: torch.device, autocast_dtype: torch.dtype | None,
+                    progress: str | None) -> Iterator[Out]:
+    """Yield ``encode`` of each batch of ``images``, converted to float in [0, 1] on
+    ``device``, computed under ``no_grad`` (and autocast when a dtype is given)."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, C, H, W); got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if len(images) == 0:
+        raise ValueError("no images to encode")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=progress, leave=False, disable=None if progress else True):
+        batch = to_float(images[start:start + batch_size].to(device, non_blocking=True))
+        autocast = (contextlib.nullcontext() if autocast_dtype is None
+                    else torch.autocast(device.type, dtype=autocast_dtype))
+        with torch.no_grad(), autocast:
+            out = encode(batch)
+        yield out
+
+
+def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     batch_size: int = 512, device: torch.device = torch.device("cpu"),
+                     autocast_dtype: torch.dtype | None = None,
+                     progress: str | None = None) -> torch.Tensor:
+    """Encode a whole image split into frozen features.
+
+    Args:
+        encode: maps float images ``(n, C, H, W)`` in [0, 1] on ``device`` to
+            features ``(n, D)`` (e.g. ``task.features`` of a task in eval mode).
+        images: ``uint8`` ``(N, C, H, W)``, on any device; moved per batch.
+        batch_size: images per call of ``encode``.
+        device: where ``encode`` runs.
+        autocast_dtype: run ``encode`` under ``torch.autocast`` with this dtype
+            (e.g. ``torch.bfloat16`` on CUDA); ``None``: full precision.
+        progress: description of a tqdm progress bar (shown only on a
+            terminal, removed when done); ``None``: no bar.
+
+    Returns:
+        ``float32`` ``(N, D)`` CPU tensor.
+
+    Raises:
+        ValueError: images not ``uint8`` ``(N, C, H, W)`` or empty, a batch size
+            < 1, or ``encode`` not returning ``(n, D)`` for a batch of n.
+    """
+    chunks = []
+    for out in _encode_batches(encode, images, batch_size, device, autocast_dtype, progress):
+        if out.ndim != 2:
+            raise ValueError(f"encode must return (n, D) features, got {tuple(out.shape)}")
+        chunks.append(out.float().cpu())
+    return torch.cat(chunks)
+
+
+def stage_grid(channels: int, height: int, width: int, max_dims: int = MAX_STAGE_DIMS) -> int:
+    """Side g of the grid a ``(C, h, w)`` stage map is average-pooled to.
+
+    The rule: the largest g ≤ min(h, w) with C·g² ≤ ``max_dims``, and at least
+    1 (global average pooling when C alone exceeds ``max_dims``). Every stage
+    thus gives features of comparable width, at most ``max_dims`` (4096 by
+    default) unless C > ``max_dims``: a 32-channel 32×32 map becomes 11×11
+    (3872 dims), a 256-channel 4×4 map 4×4 (4096), a 512-channel map 2×2
+    (2048). This follows the per-layer linear classification of split-brain
+    autoencoders (Zhang, Isola & Efros, CVPR 2017), which resizes each layer's
+    map to about 9k dimensions; the bound is lower here because our images
+    and datasets are far smaller than ImageNet's.
+
+    Args:
+        channels: C.
+        height: h.
+        width: w.
+        max_dims: the bound on C·g².
+
+    Returns:
+        g ≥ 1.
+    """
+    return max(1, min(height, width, math.isqrt(max_dims // channels)))
+
+
+def extract_stage_features(encode_stages: Callable[[torch.Tensor], list[torch.Tensor]],
+                           images: torch.Tensor, batch_size: int = 512,
+                           device: torch.device = torch.device("cpu"),
+                           autocast_dtype: torch.dtype | None = None,
+                           progress: str | None = None,
+                           max_dims: int = MAX_STAGE_DIMS) -> list[torch.Tensor]:
+    """Encode a whole image split into pooled per-stage features for per-layer probes.
+
+    Each stage map ``(n, C_i, h_i, w_i)`` is adaptive-average-pooled to a
+    g_i × g_i grid with g_i = :func:`stage_grid` ``(C_i, h_i, w_i, max_dims)``
+    and flattened channel-major, giving ``D_i = C_i · g_i²`` features.
+
+    Args:
+        encode_stages: maps float images ``(n, C, H, W)`` in [0, 1] on ``device``
+            to a list of stage maps ``(n, C_i, h_i, w_i)`` (e.g.
+            ``task.feature_stages``).
+        images, batch_size, device, autocast_dtype, progress: as in
+            :func:`extract_features`.
+        max_dims: the bound on each stage's width (see :func:`stage_grid`).
+
+    Returns:
+        One ``float32`` ``(N, D_i)`` CPU tensor per stage.
+
+    Raises:
+        ValueError: as in :func:`extract_features`, or a stage that is not a
+            4-D map.
+    """
+    chunks: list[list[torch.Tensor]] = []
+    for maps in _encode_batches(encode_stages, images, batch_size, device, autocast_dtype,
+                                progress):
+        if any(m.ndim != 4 for m in maps):
+            raise ValueError("encode_stages must return (n, C_i, h_i, w_i) maps, got "
+                             f"{[tuple(m.shape) for m in maps]}")
+        chunks.append([F.adaptive_avg_pool2d(m.float(), stage_grid(*m.shape[1:], max_dims))
+                       .flatten(1).cpu() for m in maps])
+    return [torch.cat(stage) for stage in zip(*chunks)]

@@ -1,0 +1,287 @@
+"""``vae``: the variational autoencoder (Kingma & Welling, ICLR 2014)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_bench.plots import image_rows
+from ssl_bench.registry import TASKS
+from tasks.base import (BackboneFactory, Logs, OptimConfig, PretextTask, check_choice,
+                        check_range, count_parameters)
+from tasks.decoders import ConvDecoder
+
+LIKELIHOODS = ("auto", "bernoulli", "gaussian")
+LEVELS = 256  # 8-bit images: the Gaussian likelihood is scored on 256 intensity levels
+# The variance of uniform dequantisation noise on one level, 1/(12·256²): a floor for
+# the decoder's variance, below which the dequantised data cannot support a density.
+LOGVAR_FLOOR = -math.log(12.0 * LEVELS**2)
+DECODER_MIN_SIDE = 4  # side of the decoder's first feature map (DCGAN starts at 4×4)
+EVAL_SEED = 0  # held-out noise (ε, dequantisation, prior samples) from a fixed seed
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) in closed form, ½·Σ_j (μ_j² + σ_j² − 1 − log σ_j²)
+    (Kingma & Welling 2014, Appendix B; the negative of its −D_KL term).
+
+    Args:
+        mu: ``(N, J)`` posterior means.
+        logvar: ``(N, J)`` posterior log-variances log σ².
+
+    Returns:
+        ``(N,)`` float32, nats per image.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+
+
+def bernoulli_nll(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """−log p(x|z) of a Bernoulli decoder (Kingma & Welling 2014, Appendix C.1): the
+    binary cross-entropy of the pixel intensities against sigmoid(logits), summed.
+
+    For binary images this is a negative log-likelihood; for grey levels in [0, 1]
+    it is a cross-entropy bounded below by the intensities' own entropy, not a
+    normalised density (Loaiza-Ganem & Cunningham 2019).
+
+    Args:
+        logits: ``(N, C, H, W)`` decoder outputs.
+        images: ``(N, C, H, W)`` float in [0, 1].
+
+    Returns:
+        ``(N,)`` float32, nats per image.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits.float(), images.float(), reduction="none")
+    return bce.flatten(1).sum(dim=1)
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """−log p(x|z) of a Gaussian decoder with per-pixel mean and variance (Kingma &
+    Welling 2014, Appendix C.2), on the 256-level scale.
+
+    ½·Σ_i [log 2π + log σ_i² + (x_i − μ_i)²/σ_i²] is the density of the dequantised
+    intensities on [0, 1] (all constants included); adding D·log 256 (D = C·H·W)
+    converts it to the scale of 8-bit values, so that, in expectation over the
+    uniform dequantisation noise, it bounds −log P(x) of the discrete image from
+    above (Theis, van den Oord & Bethge, "A note on the evaluation of generative
+    models", ICLR 2016).
+
+    Args:
+        mean: ``(N, C, H, W)`` μ on the [0, 1] scale.
+        logvar: ``(N, C, H, W)`` log σ² on the [0, 1] scale.
+        images: ``(N, C, H, W)`` dequantised intensities in [0, 1].
+
+    Returns:
+        ``(N,)`` float32, nats per image.
+    """
+    mean, logvar, images = mean.float(), logvar.float(), images.float()
+    nll = 0.5 * (math.log(2 * math.pi) + logvar + (images - mean).pow(2) * torch.exp(-logvar))
+    return nll.flatten(1).sum(dim=1) + images[0].numel() * math.log(LEVELS)
+
+
+def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantisation x̃ = (k + u) / 256 of 8-bit intensities k = round(255·x),
+    u ~ U[0, 1) per element (Theis et al., ICLR 2016).
+
+    Args:
+        images: ``(N, C, H, W)`` float in [0, 1] (multiples of 1/255).
+        generator: source of u; ``None`` uses torch's global RNG.
+
+    Returns:
+        ``(N, C, H, W)`` float32 in [0, 1).
+    """
+    levels = torch.round(images.float() * (LEVELS - 1))
+    noise = torch.rand(images.shape, device=images.device, generator=generator)
+    return (levels + noise) / LEVELS
+
+
+@TASKS.register("vae")
+class VAE(PretextTask):
+    """Variational autoencoder trained by the SGVB estimator of the ELBO.
+
+    Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+
+    * Encoder q(z|x) (§3, Appendix C.2): the pooled backbone output on the
+      standardized image, then two linear heads for μ and log σ² ``(N, J)``.
+    * Reparameterisation (§2.4, §3): z = μ + σ ⊙ ε, ε ~ N(0, I), one sample per
+      image (L = 1, which §2.3 finds enough with minibatches of 100).
+    * Decoder p(x|z): a linear layer to a ``(c, s, s)`` map (s ≥ 4) and
+      up-convolutions (:class:`tasks.decoders.ConvDecoder`) to the image, in place
+      of the paper's one-hidden-layer MLP so that a convolutional backbone meets
+      a convolutional decoder.
+    * Loss: the negative ELBO per image in nats, −log p(x|z) + β·KL(q(z|x) ‖ N(0, I)),
+      with the KL in closed form (§3 eq. 10, Appendix B, :func:`gaussian_kl`).
+      β = 1 is the ELBO; β ≠ 1 gives the β-VAE (Higgins et al., ICLR 2017).
+    * Likelihood (``likelihood``): ``bernoulli`` (Appendix C.1, :func:`bernoulli_nll`)
+      or ``gaussian`` with a per-pixel mean and a learned per-pixel variance, both
+      decoder outputs (Appendix C.2, :func:`gaussian_nll`; the mean through a
+      sigmoid, as for the paper's Frey Face decoder, §5), trained and scored on
+      uniformly dequantised 8-bit intensities. ``auto`` (default) picks Bernoulli
+      for 1-channel data (MNIST-like, as the paper's MNIST runs) and Gaussian for
+      colour images (continuous, as its Frey Face runs). The log σ² output has a
+      soft floor (softplus) at the dequantisation noise variance 1/(12·256²), to
+      keep the density from collapsing onto a single level early in training.
+
+    Reported metrics: ``neg_elbo_nats`` per image and ``bits_per_dim`` =
+    neg_elbo_nats / (C·H·W·ln 2). For ``gaussian`` both are on the 256-level
+    scale (an upper bound on the discrete image's −log P, comparable with the
+    literature's bits/dim); for ``bernoulli`` they are the cross-entropy against
+    the grey levels (an NLL only for binary images).
+
+    Optimisation: Adam, lr 1e-3 (Kingma & Ba 2015), in place of the paper's
+    Adagrad (§5), and no weight decay (the paper's decay is a weak N(0, I) prior).
+
+    Features: μ of q(z|x), ``(N, latent_dim)``.
+    """
+
+    name = "vae"
+    paper = "Kingma & Welling, ICLR 2014, §2.3–2.4, §3, Appendices B, C"
+
+    @dataclass
+    class Options:
+        """Hyperparameters of the VAE.
+
+        Attributes:
+            latent_dim: J, the size of z. 64: Kingma & Welling (§5, Fig. 2) find that
+                more latent variables than an image needs do not overfit, since
+                unused ones fall back to the prior; 64 covers what 28–32 px
+                images use while keeping the μ features compact.
+            likelihood: ``auto``, ``bernoulli`` or ``gaussian`` (see the class).
+            beta: weight of the KL term (1: the ELBO; Higgins et al. 2017 for ≠ 1).
+            decoder_width: channels of the decoder's last up-convolution.
+        """
+
+        latent_dim: int = 64
+        likelihood: str = "auto"
+        beta: float = 1.0
+        decoder_width: int = 32
+
+        def __post_init__(self) -> None:
+            check_range("latent_dim", self.latent_dim, 1, 4096)
+            check_choice("likelihood", self.likelihood, LIKELIHOODS)
+            check_range("beta", self.beta, 0.0, 1000.0)
+            check_range("decoder_width", self.decoder_width, 1, 1024)
+
+    def __init__(self, make_backbone: BackboneFactory, spec, options: Options) -> None:
+        super().__init__(make_backbone, spec, options)
+        self.likelihood = options.likelihood
+        if self.likelihood == "auto":
+            self.likelihood = "bernoulli" if spec.channels == 1 else "gaussian"
+        self.backbone = make_backbone()
+        self.mu = nn.Linear(self.backbone.num_features, options.latent_dim)
+        self.logvar = nn.Linear(self.backbone.num_features, options.latent_dim)
+
+        size = spec.image_size
+        doublings = max(0, int(math.log2(size / DECODER_MIN_SIDE)))
+        side = math.ceil(size / 2**doublings)
+        channels = options.decoder_width * 2**doublings
+        out_channels = spec.channels * (2 if self.likelihood == "gaussian" else 1)
+        self.project = nn.Sequential(nn.Linear(options.latent_dim, channels * side * side),
+                                     nn.Unflatten(1, (channels, side, side)),
+                                     nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.decoder = ConvDecoder(channels, side, out_channels, size, options.decoder_width)
+
+    # ---------------------------------------------------------------- model
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x): μ and log σ², each ``(N, latent_dim)``, of images ``(N, C, H, W)`` in [0, 1]."""
+        h = self.backbone(self.normalize(images))
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """p(x|z) of latents ``(N, latent_dim)``: Bernoulli logits and ``None``, or the
+        Gaussian mean in (0, 1) and log σ² (floored softly at ``LOGVAR_FLOOR``); each
+        ``(N, C, H, W)``."""
+        out = self.decoder(self.project(z))
+        if self.likelihood == "bernoulli":
+            return out, None
+        mean, raw = out.float().chunk(2, dim=1)
+        return mean.sigmoid(), LOGVAR_FLOOR + F.softplus(raw - LOGVAR_FLOOR)
+
+    def decoded_image(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) as an image ``(N, C, H, W)`` in [0, 1]."""
+        out, _ = self.decode(z)
+        return out.float().sigmoid() if self.likelihood == "bernoulli" else out
+
+    def neg_elbo(self, images: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single-sample SGVB estimate of the negative ELBO's two terms (§2.3; §3 eq. 10).
+
+        Args:
+            images: ``(N, C, H, W)`` float in [0, 1].
+            generator: source of ε and of the dequantisation noise; ``None`` uses
+                torch's global RNG.
+
+        Returns:
+            ``(reconstruction, kl)``, each ``(N,)`` float32 in nats per image:
+            −log p(x|z) for one z ~ q(z|x), and KL(q(z|x) ‖ N(0, I)).
+        """
+        mu, logvar = self.encode(images)
+        eps = torch.randn(mu.shape, device=mu.device, generator=generator)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        out, out_logvar = self.decode(z)
+        if self.likelihood == "bernoulli":
+            reconstruction = bernoulli_nll(out, images)
+        else:
+            reconstruction = gaussian_nll(out, out_logvar, dequantize(images, generator))
+        return reconstruction, gaussian_kl(mu, logvar)
+
+    # ---------------------------------------------------------------- training
+
+    def default_optim(self, batch_size: int) -> list[OptimConfig]:
+        """Adam, lr 1e-3, no weight decay (see the class docstring)."""
+        return [OptimConfig("adam", lr=1e-3, weight_decay=0.0)]
+
+    def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """Mean over the batch of −log p(x|z) + β·KL, in nats per image; logs both terms."""
+        reconstruction, kl = self.neg_elbo(images)
+        loss = (reconstruction + self.options.beta * kl).mean()
+        return loss, {"recon_nats": reconstruction.mean().detach(), "kl_nats": kl.mean().detach()}
+
+    # ---------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """μ of q(z|x), ``(N, latent_dim)``, for images ``(N, C, H, W)`` in [0, 1]."""
+        return self.encode(images)[0]
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(EVAL_SEED)
+
+    @torch.no_grad()
+    def pretext_metrics(self, images: torch.Tensor) -> dict[str, float]:
+        """The negative ELBO (β = 1) on held-out images, one fixed-seed sample each.
+
+        Returns:
+            ``neg_elbo_nats`` (per image), ``bits_per_dim`` (= neg_elbo_nats /
+            (C·H·W·ln 2)), and its terms ``recon_nats`` and ``kl_nats``.
+        """
+        reconstruction, kl = self.neg_elbo(images, self._generator(images.device))
+        neg_elbo = (reconstruction + kl).mean().item()
+        return {"neg_elbo_nats": neg_elbo,
+                "bits_per_dim": neg_elbo / (images[0].numel() * math.log(2)),
+                "recon_nats": reconstruction.mean().item(), "kl_nats": kl.mean().item()}
+
+    @torch.no_grad()
+    def render(self, images: torch.Tensor):
+        """Rows: test images, their reconstructions (decoder mean at z = μ), samples
+        from the prior (decoder means), and decoder means along the straight line
+        from the first test image's μ to the last one's."""
+        mu, _ = self.encode(images)
+        prior = torch.randn(mu.shape, device=mu.device, generator=self._generator(mu.device))
+        t = torch.linspace(0.0, 1.0, len(images), device=mu.device)[:, None]
+        line = (1 - t) * mu[:1] + t * mu[-1:]
+        return image_rows([("test image", images), ("reconstruction", self.decoded_image(mu)),
+                           ("prior sample", self.decoded_image(prior)),
+                           ("interpolation", self.decoded_image(line))],
+                          title=f"VAE ({self.likelihood} likelihood, β = {self.options.beta:g})")
+
+    def summary(self) -> dict:
+        """The resolved likelihood and parameter counts of the encoder heads and decoder."""
+        heads = count_parameters(self.mu) + count_parameters(self.logvar)
+        decoder = count_parameters(self.project) + count_parameters(self.decoder)
+        return {"likelihood": self.likelihood, "latent_dim": self.options.latent_dim,
+                "encoder_head_parameters": heads, "decoder_parameters": decoder}

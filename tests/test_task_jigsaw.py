@@ -1,0 +1,204 @@
+"""Tests of the jigsaw puzzle task: permutation set, tile sampling, model."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_bench.build import build_task
+from ssl_bench.data import DataSpec
+from ssl_bench.errors import IncompatibleError, OptionError
+from tasks.jigsaw import (gather_tiles, hamming_statistics, max_hamming_permutations,
+                          sample_tile_positions, standardize, tile_geometry)
+
+RGB32 = DataSpec("test", channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
+GRAY28 = DataSpec("test", channels=1, image_size=28, mean=(0.5,), std=(0.25,), hflip=False)
+RGB30 = DataSpec("test", channels=3, image_size=30, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
+
+
+def make_task(spec=RGB32, backbone="convnet", **options):
+    options.setdefault("num_permutations", 10)
+    backbone_options = {"width": 8} if backbone == "convnet" else {}
+    return build_task("jigsaw", backbone, spec, options, backbone_options)
+
+
+# ------------------------------------------------------------------ permutation set
+
+
+def test_permutation_set_is_distinct_valid_and_seeded():
+    perms = max_hamming_permutations(30, seed=0)
+    assert perms.shape == (30, 9)
+    assert (np.sort(perms, axis=1) == np.arange(9)).all()
+    assert len({tuple(p) for p in perms}) == 30
+    assert np.array_equal(perms, max_hamming_permutations(30, seed=0))
+    assert not np.array_equal(perms, max_hamming_permutations(30, seed=1))
+
+
+def lexicographic_rank(permutation) -> int:
+    """Index of a permutation of 0…8 in lexicographic order (its Lehmer code)."""
+    rest, rank = list(range(9)), 0
+    for i, value in enumerate(permutation):
+        rank += rest.index(value) * math.factorial(8 - i)
+        rest.remove(value)
+    return rank
+
+
+def test_permutation_set_follows_greedy_max_average_hamming():
+    """Each permutation after the first maximises the summed Hamming distance to the
+    ones before it over all other 9! permutations, first in lexicographic order on ties
+    (Algorithm 1), recomputed here by brute force."""
+    perms = max_hamming_permutations(5, seed=3)
+    everything = np.array(list(itertools.permutations(range(9))), dtype=np.int8)
+    for k in range(1, len(perms)):
+        sums = sum((everything != p).sum(axis=1) for p in perms[:k])
+        sums[[lexicographic_rank(p) for p in perms[:k]]] = -1
+        assert lexicographic_rank(perms[k]) == int(np.argmax(sums))
+
+
+def test_hamming_statistics_match_brute_force():
+    perms = max_hamming_permutations(20, seed=0)
+    pairs = [sum(a != b for a, b in zip(p, q)) for p, q in itertools.combinations(perms, 2)]
+    mean, minimum = hamming_statistics(perms)
+    assert mean == pytest.approx(sum(pairs) / len(pairs))
+    assert minimum == min(pairs)
+
+
+def test_permutation_set_beats_random_set_on_average_hamming():
+    chosen = max_hamming_permutations(100, seed=0)
+    rng = np.random.default_rng(0)
+    random_set = np.array([rng.permutation(9) for _ in range(100)])
+    assert hamming_statistics(chosen)[0] > hamming_statistics(random_set)[0] + 0.04
+
+
+def test_summary_reports_permutation_buffer_statistics():
+    task = make_task(num_permutations=12, permutation_seed=5)
+    buffer = task.permutations.numpy()
+    assert "permutations" in task.state_dict()
+    assert np.array_equal(buffer, max_hamming_permutations(12, 5))
+    mean, minimum = hamming_statistics(buffer)
+    summary = task.summary()
+    assert summary["hamming_mean"] == pytest.approx(mean) and summary["hamming_min"] == minimum
+    assert summary["chance_top1"] == pytest.approx(100 / 12)
+
+
+# ------------------------------------------------------------------ tiles
+
+
+@pytest.mark.parametrize("size,cell,tile", [(32, 10, 8), (28, 9, 7), (96, 32, 24)])
+def test_tile_geometry_scales_the_paper(size, cell, tile):
+    assert tile_geometry(size, 64 / 85) == (cell, tile)
+
+
+def test_tiles_lie_inside_their_cells():
+    torch.manual_seed(0)
+    cell, tile = tile_geometry(32, 64 / 85)
+    origins, corners = sample_tile_positions(256, 3, 32, cell, tile, jitter=1)
+    assert origins.shape == (256, 9, 2) and corners.shape == (256, 9, 3, 2)
+    # a 3×3 grid of cells inside the image
+    steps = origins - origins[:, :1]
+    expected = torch.tensor([(r * cell, c * cell) for r in range(3) for c in range(3)])
+    assert torch.equal(steps, expected.expand_as(steps))
+    assert origins.min() >= 0 and (origins[:, -1] + cell).max() <= 32
+    offsets = corners - origins[:, :, None]
+    assert offsets.min() >= 0 and offsets.max() <= cell - tile
+    # both extremes of the random gap occur, and channels are jittered by at most ±1 px each
+    assert offsets.min() == 0 and offsets.max() == cell - tile
+    spread = (corners.amax(dim=2) - corners.amin(dim=2)).max()
+    assert spread == 2
+
+
+def test_grayscale_input_is_not_jittered():
+    _, corners = sample_tile_positions(8, 1, 28, 9, 7, jitter=1)
+    assert corners.shape == (8, 9, 1, 2)
+
+
+def test_gather_tiles_cuts_the_right_pixels():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    _, corners = sample_tile_positions(4, 3, 32, 10, 8, jitter=1)
+    tiles = gather_tiles(images, corners, 8)
+    assert tiles.shape == (4, 9, 3, 8, 8)
+    for n, k, c in itertools.product(range(4), range(9), range(3)):
+        y, x = corners[n, k, c].tolist()
+        assert torch.equal(tiles[n, k, c], images[n, c, y:y + 8, x:x + 8])
+
+
+def test_puzzle_labels_name_the_cell_of_each_position():
+    """On a 30 px image of constant cells (value = cell index / 10) the tile at
+    position i must come from cell permutations[label][i]."""
+    torch.manual_seed(0)
+    task = make_task(RGB30, grayscale_prob=0.0)
+    cells = torch.arange(9.0).view(3, 3) / 10
+    images = cells.repeat_interleave(10, 0).repeat_interleave(10, 1).expand(16, 3, 30, 30)
+    tiles, labels = task.make_puzzles(images)
+    assert tiles.shape == (16, 9, 3, task.tile_size, task.tile_size)
+    expected = task.permutations[labels].float() / 10
+    assert torch.allclose(tiles.mean(dim=(2, 3, 4)), expected)
+    assert (tiles.amax(dim=(2, 3, 4)) == tiles.amin(dim=(2, 3, 4))).all()
+
+
+@pytest.mark.parametrize("prob,gray", [(1.0, True), (0.0, False)])
+def test_grayscale_probability(prob, gray):
+    task = make_task(grayscale_prob=prob, channel_jitter=0)
+    tiles, _ = task.make_puzzles(torch.rand(8, 3, 32, 32))
+    channels_equal = torch.allclose(tiles[:, :, 0], tiles[:, :, 1], atol=1e-6)
+    assert channels_equal == gray
+
+
+def test_standardize_per_tile():
+    x = torch.rand(5, 9, 3, 8, 8) * 3 + 2
+    z = standardize(x.flatten(0, 1), dims=(1, 2, 3))
+    assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(45), atol=1e-5)
+    assert torch.allclose(z.std(dim=(1, 2, 3)), torch.ones(45), atol=1e-5)
+    flat = standardize(torch.full((1, 1, 4, 4), 0.3), dims=(1, 2, 3))
+    assert flat.abs().max() < 1e-4  # std floored: a flat tile stays flat, no division by 0
+
+
+# ------------------------------------------------------------------ model
+
+
+@pytest.mark.parametrize("spec", [RGB32, GRAY28], ids=["rgb32", "gray28"])
+def test_shapes(spec):
+    task = make_task(spec)
+    assert task.backbone.img_size == task.tile_size
+    x = torch.rand(4, spec.channels, spec.image_size, spec.image_size)
+    tiles, labels = task.make_puzzles(x)
+    assert task.classify(tiles).shape == (4, 10)
+    assert labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() < 10
+    task.eval()
+    assert task.features(x).shape == (4, task.backbone.num_features)
+    assert set(task.pretext_metrics(x)) == {"pretext_top1"}
+
+
+def test_features_are_invariant_to_per_image_brightness_and_contrast():
+    task = make_task().eval()
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.allclose(task.features(x), task.features(0.5 * x + 0.2), atol=1e-4)
+
+
+def test_loss_falls_on_fixed_puzzles():
+    """The same puzzles every step (RNG re-seeded): the network must learn them."""
+    torch.manual_seed(0)
+    task = make_task(num_permutations=10)
+    x = torch.rand(16, 3, 32, 32)
+    optimizers = task.configure_optimizers(task.default_optim(len(x)))
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(1)
+        losses.append(float(task.training_step(x, optimizers)["loss"]))
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+def test_vit_backbone_is_incompatible():
+    with pytest.raises(IncompatibleError, match="ViT"):
+        make_task(backbone="vit_tiny")
+
+
+@pytest.mark.parametrize("options", [{"num_permutations": 1}, {"num_permutations": 362_881},
+                                     {"grayscale_prob": 1.5}, {"tile_ratio": 0.0},
+                                     {"channel_jitter": -1}, {"permutation_seed": -1}])
+def test_bad_options_raise(options):
+    with pytest.raises(OptionError):
+        make_task(**options)

@@ -1,0 +1,133 @@
+"""relative-patch: positions, sampling bounds, shortcut guards, shapes, learning."""
+
+import pytest
+import torch
+
+from ssl_bench.build import build_task
+from ssl_bench.data import DataSpec
+from ssl_bench.errors import IncompatibleError, OptionError
+from tasks.relative_patch import (NEIGHBOUR_OFFSETS, Geometry, drop_color, patch_geometry,
+                                  pixelate, project_color, sample_pairs)
+
+RGB = DataSpec("test", channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
+GRAY = DataSpec("gray", channels=1, image_size=28, mean=(0.5,), std=(0.25,), hflip=False)
+TINY = {"width": 8}
+
+
+def make(options=None, spec=RGB):
+    return build_task("relative-patch", "convnet", spec, options or {}, TINY)
+
+
+def test_labels_are_the_eight_distinct_neighbours():
+    expected = {(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)} - {(0, 0)}
+    assert len(NEIGHBOUR_OFFSETS) == 8 and set(NEIGHBOUR_OFFSETS) == expected
+    assert NEIGHBOUR_OFFSETS[0] == (-1, -1) and NEIGHBOUR_OFFSETS[7] == (1, 1)
+
+
+def test_hand_made_grid_gives_the_right_label():
+    geometry = Geometry(patch=7, gap=3, jitter=0)
+    image = torch.zeros(1, 1, geometry.span, geometry.span)
+    for r in range(3):  # cell (r, c) is filled with the value 3 r + c
+        for c in range(3):
+            top, left = r * 10, c * 10
+            image[..., top:top + 7, left:left + 7] = 3 * r + c
+    images = image.expand(200, 1, -1, -1)
+    torch.manual_seed(0)
+    patches, labels, _ = sample_pairs(images, geometry)
+    assert torch.all(patches[0] == 4)  # the centre cell
+    cell = patches[1, :, 0, 0, 0].long()
+    assert torch.all(patches[1] == cell.view(-1, 1, 1, 1))  # one whole cell, no gap pixels
+    offsets = torch.stack([cell // 3 - 1, cell % 3 - 1], dim=1)
+    assert torch.equal(offsets, torch.tensor(NEIGHBOUR_OFFSETS)[labels])
+    assert set(labels.tolist()) == set(range(8))
+
+
+@pytest.mark.parametrize("size", [28, 32, 96])
+def test_patches_stay_inside_for_all_jitter_draws(size):
+    geometry = patch_geometry(size)
+    assert geometry.span + 2 * geometry.jitter <= size and geometry.jitter >= 1
+    rows = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1).expand(1, 1, size, size)
+    images = (rows * size + rows.transpose(-1, -2)).expand(3000, 1, -1, -1)
+    torch.manual_seed(0)
+    patches, labels, corners = sample_pairs(images, geometry)
+    assert corners.min() >= 0 and corners.max() + geometry.patch <= size
+    assert corners.min() == 0 and corners.max() + geometry.patch == size  # extremes reached
+    # The crops are the pixels at the corners (each pixel's value encodes its position).
+    assert torch.equal(patches[..., 0, 0, 0], corners[..., 0] * size + corners[..., 1])
+    # Neighbour minus centre is the label's offset, up to twice the jitter.
+    step = geometry.patch + geometry.gap
+    deviation = corners[1] - corners[0] - torch.tensor(NEIGHBOUR_OFFSETS)[labels] * step
+    assert deviation.abs().max() == 2 * geometry.jitter
+
+
+def test_documented_geometries():
+    assert patch_geometry(28) == Geometry(6, 3, 1)
+    assert patch_geometry(32) == Geometry(7, 3, 1)
+    assert patch_geometry(96) == Geometry(23, 11, 2)
+
+
+def test_color_dropping_keeps_exactly_one_channel():
+    torch.manual_seed(0)
+    patches = torch.rand(64, 3, 7, 7)
+    dropped = drop_color(patches, 0.01)
+    same = (dropped == patches).flatten(2).all(dim=2)
+    assert torch.all(same.sum(dim=1) == 1)
+    kept_std = patches.flatten(2).std(dim=2)[same]
+    noise_std = dropped.flatten(2).std(dim=2)[~same].view(64, 2)
+    assert torch.all(noise_std < 0.05 * kept_std[:, None])
+
+
+def test_projection_removes_the_green_magenta_axis():
+    axis = torch.tensor([-1.0, 2.0, -1.0]).view(1, 3, 1, 1)
+    projected = project_color(torch.rand(4, 3, 5, 5))
+    assert (projected * axis).sum(dim=1).abs().max() < 1e-5
+
+
+def test_pixelation_only_touches_chosen_patches():
+    torch.manual_seed(0)
+    patches = torch.rand(32, 3, 8, 8)
+    assert torch.equal(pixelate(patches, 0.0, 0.01), patches)
+    blurred = pixelate(patches, 1.0, 0.01)
+    assert blurred.shape == patches.shape
+    assert not torch.isclose(blurred, patches).flatten(1).all(dim=1).any()
+
+
+@pytest.mark.parametrize("spec", [RGB, GRAY])
+def test_shapes(spec):
+    task = make(spec=spec)
+    n, c, s = 5, spec.channels, spec.image_size
+    x = torch.rand(n, c, s, s)
+    prepared, labels, _ = task._pairs(x)
+    p = task.geometry.patch
+    assert prepared.shape == (2, n, c, p, p) and labels.shape == (n,)
+    assert task.logits(prepared).shape == (n, 8)
+    task.eval()
+    assert task.features(x).shape == (n, task.backbone.num_features)
+    assert set(task.pretext_metrics(x)) == {"pretext_top1"}
+    assert len(task.render(x[:3]).axes) == 2 * 3
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    task = make()
+    optimizers = task.configure_optimizers(task.default_optim(16))
+    x = torch.rand(16, 3, 32, 32)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(1)  # the same pairs, colour drops and pixelations every step
+        losses.append(task.training_step(x, optimizers)["loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_vit_backbones_are_refused():
+    with pytest.raises(IncompatibleError, match="CNN"):
+        build_task("relative-patch", "vit_tiny", RGB)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("color_handling", "gray"), ("patch_size", 2), ("patch_size", 12), ("gap_ratio", -0.5),
+    ("jitter_ratio", 1.0), ("pixelate_prob", 1.5), ("drop_noise_ratio", -1.0), ("mlp_dim", 0),
+])
+def test_bad_options_raise(key, value):
+    with pytest.raises(OptionError, match=key):
+        make({key: value})
