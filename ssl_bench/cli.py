@@ -31,10 +31,13 @@ def _add_run_parser(sub) -> None:
                         "svhn | stl10 | imagefolder:<path> (default: digits)")
     p.add_argument("--data-root", help="folder with an existing copy of the dataset")
     p.add_argument("--image-size", type=int, help="resize images to this side in pixels")
-    p.add_argument("--epochs", type=int, default=30, help="pretraining epochs (default: 30)")
+    p.add_argument("--epochs", type=int, default=20, help="pretraining epochs (default: 20)")
     p.add_argument("--batch-size", type=int, default=128, help="pretraining batch (default: 128)")
     p.add_argument("--train-subset", type=int,
                    help="pretrain on a fixed, seeded subset of N train images")
+    p.add_argument("--eval-train-subset", type=int,
+                   help="evaluators use a fixed class-balanced subset of N labelled train "
+                        "images (the same for every run; default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="parent folder of run directories (default: runs)")
     p.add_argument("--name", help="run directory name (default: <task>-<backbone>-<dataset>-s<seed>"
@@ -73,7 +76,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     config = RunConfig(
         task=args.task, backbone=args.backbone, dataset=args.dataset, data_root=args.data_root,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-        train_subset=args.train_subset, seed=args.seed, out=args.out, name=args.name,
+        train_subset=args.train_subset, eval_train_subset=args.eval_train_subset, seed=args.seed, out=args.out, name=args.name,
         device=args.device, resume=args.resume, overwrite=args.overwrite,
         task_options=_key_values(args.task_options, "--set"), backbone_options=backbone_options,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,

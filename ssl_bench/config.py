@@ -27,6 +27,8 @@ class RunConfig:
         epochs: pretraining epochs over the (subset of the) train split.
         batch_size: pretraining images per step.
         train_subset: pretrain on a fixed, seeded subset of this many train images.
+        eval_train_subset: evaluators use a fixed, class-balanced subset (seed 0, the
+            same for every run) of this many labelled train images.
         seed: seeds weights, batch order, corruptions and the subset.
         out: parent folder of run directories.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -48,9 +50,10 @@ class RunConfig:
     dataset: str = "digits"
     data_root: str | None = None
     image_size: int | None = None
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     train_subset: int | None = None
+    eval_train_subset: int | None = None
     seed: int = 0
     out: str = "runs"
     device: str = "auto"

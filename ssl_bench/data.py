@@ -187,6 +187,33 @@ def subset_indices(n: int, size: int | None, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:size].sort().values
 
 
+def balanced_subset_indices(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
+    """A fixed, seeded, class-balanced subset of ``size`` indices into ``labels``
+    (``size // C`` per class, the remainder to the first classes; all when ``None``).
+
+    Raises:
+        OptionError: if ``size`` is below the number of classes or above ``len(labels)``,
+            or a class has too few examples.
+    """
+    if size is None:
+        return torch.arange(len(labels))
+    classes = labels.unique()
+    if not len(classes) <= size <= len(labels):
+        raise OptionError(f"--eval-train-subset must be between {len(classes)} and "
+                          f"{len(labels)} for this dataset, got {size}")
+    g = torch.Generator().manual_seed(seed)
+    per_class, extra = divmod(size, len(classes))
+    chosen = []
+    for i, c in enumerate(classes):
+        members = (labels == c).nonzero().flatten()
+        take = per_class + (i < extra)
+        if take > len(members):
+            raise OptionError(f"--eval-train-subset {size}: class {int(c)} has only "
+                              f"{len(members)} examples")
+        chosen.append(members[torch.randperm(len(members), generator=g)[:take]])
+    return torch.cat(chosen).sort().values
+
+
 @DATASETS.register("digits")
 def load_digits(root: Path | None = None, download: bool = True) -> ImageData:
     """scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes),

@@ -12,7 +12,8 @@ from ssl_bench.rundir import RESULTS, atomic_path, atomic_write_text, read_json
 # (column, path into results.json); the order is the table's.
 COLUMNS = [
     ("task", ("task",)), ("backbone", ("backbone",)), ("dataset", ("dataset",)),
-    ("epochs", ("epochs",)), ("images_seen", ("images_seen",)), ("seed", ("seed",)),
+    ("epochs", ("epochs",)), ("images_seen", ("images_seen",)),
+    ("eval_train_images", ("eval_train_images",)), ("seed", ("seed",)),
     ("knn_top1_k20", ("metrics", "knn_top1_k20")), ("knn_top5_k20", ("metrics", "knn_top5_k20")),
     ("knn_top1_k200", ("metrics", "knn_top1_k200")), ("knn_top5_k200", ("metrics", "knn_top5_k200")),
     ("linear_top1", ("metrics", "linear_top1")), ("linear_top5", ("metrics", "linear_top5")),

@@ -13,7 +13,8 @@ import torch
 
 from ssl_bench.build import build_task
 from ssl_bench.config import RunConfig, run_name
-from ssl_bench.data import ImageData, load_dataset, subset_indices, to_float
+from ssl_bench.data import (ImageData, balanced_subset_indices, load_dataset, subset_indices,
+                             to_float)
 from ssl_bench.errors import OptionError, SslBenchError
 from ssl_bench.registry import EVALUATORS, load_builtins
 from ssl_bench.rundir import (CONFIG, METRICS, RESULTS, atomic_write_json, atomic_write_yaml,
@@ -111,6 +112,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                                    download=config.download)
     spec = data.spec()
     train_idx = subset_indices(len(data.train_images), config.train_subset, config.seed)
+    # seed 0, not the run's: every run is scored against the same labelled subset
+    eval_idx = balanced_subset_indices(data.train_labels, config.eval_train_subset, seed=0)
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
@@ -124,6 +127,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         "resolved_task_options": options_to_dict(task.options),
         "resolved_optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims],
         "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
+                 "eval_train_images": len(eval_idx),
                  "test_images": len(data.test_images), "channels": spec.channels,
                  "image_size": spec.image_size, "num_classes": data.num_classes},
         "device_resolved": str(device), "versions": versions(), "git_commit": git_commit(),
@@ -139,13 +143,15 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     test_for_pretext = data.test_images[:config.pretext_eval_images]
     pretext = _pretext_metrics(task, test_for_pretext, config.eval_batch_size, device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    train_x = extract_features(task.features, data.train_images, config.eval_batch_size, device,
+    train_x = extract_features(task.features, data.train_images[eval_idx], config.eval_batch_size,
+                               device,
                                autocast, progress="train features")
     test_x = extract_features(task.features, data.test_images, config.eval_batch_size, device,
                               autocast, progress="test features")
     metrics: dict[str, float] = {}
     for name, evaluator in evaluators.items():
-        metrics.update(evaluator.evaluate(train_x, data.train_labels, test_x, data.test_labels,
+        metrics.update(evaluator.evaluate(train_x, data.train_labels[eval_idx], test_x,
+                                          data.test_labels,
                                           data.num_classes, seed=config.seed))
     eval_seconds = time.perf_counter() - eval_start
 
@@ -157,7 +163,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     results = {
         "task": config.task, "backbone": config.backbone, "dataset": config.dataset,
         "seed": config.seed, "epochs": epochs, "batch_size": trainer.batch_size,
-        "pretrain_images": len(train_idx), "images_seen": stats.images_seen, "steps": stats.steps,
+        "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),
+        "images_seen": stats.images_seen, "steps": stats.steps,
         "metrics": _rounded(metrics), "pretext": _rounded(pretext),
         "cost": {"train_seconds": round(stats.train_seconds, 2),
                  "train_images_per_s": round(stats.images_per_s, 1),

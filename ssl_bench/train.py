@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,32 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopOnSigint:
+    """Within the block, the first SIGINT only sets :attr:`requested` (so the loop can
+    stop at a step boundary); a second one raises KeyboardInterrupt as usual. Outside
+    the main thread signals cannot be caught, and Ctrl-C behaves as usual."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (press again to stop at once)",
+              file=sys.stderr)
+
+    def __enter__(self) -> "_StopOnSigint":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class Trainer:
@@ -197,6 +226,10 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainStats:
         """Train until ``config.epochs`` are done.
 
+        The first Ctrl-C (SIGINT) lets the current step finish, saves a checkpoint
+        at that step boundary and raises :class:`Interrupted`; a second one stops at
+        once, keeping the checkpoint of the last finished epoch.
+
         Args:
             resume: continue from ``checkpoint.pt`` if it exists.
 
@@ -211,41 +244,44 @@ class Trainer:
         self.task.train()
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    desc=f"{self.task.name} pretraining", disable=None)
-        try:
-            while self.epoch < self.config.epochs:
-                order = epoch_order(len(self.images), self.config.seed, self.epoch)
-                window_start, window_images = time.perf_counter(), 0
-                while self.batch < self.steps_per_epoch:
-                    t0 = time.perf_counter()
-                    x = self._batch(order, self.batch)
-                    with autocast:
-                        logs = self.task.training_step(x, self.optimizers)
-                    for sched in self.schedulers:
-                        sched.step()
-                    self.batch += 1
-                    self.step += 1
-                    self.images_seen += len(x)
-                    window_images += len(x)
-                    if self.step % self.config.log_every == 0 or self.batch == self.steps_per_epoch:
-                        values = self._check(logs)
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize()
-                        now = time.perf_counter()
-                        rate = window_images / max(now - window_start, 1e-9)
-                        window_start, window_images = now, 0
-                        self._log(values, rate)
-                        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
-                    self.train_seconds += time.perf_counter() - t0
-                    bar.update(1)
-                self.epoch += 1
-                self.batch = 0
-                self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.save_checkpoint()
-            raise Interrupted(f"interrupted at step {self.step}/{self.total_steps}; checkpoint "
-                              f"saved to {self.checkpoint_path}; continue with --resume") from None
-        finally:
-            bar.close()
+        with _StopOnSigint() as stop:
+            try:
+                while self.epoch < self.config.epochs:
+                    order = epoch_order(len(self.images), self.config.seed, self.epoch)
+                    window_start, window_images = time.perf_counter(), 0
+                    while self.batch < self.steps_per_epoch:
+                        t0 = time.perf_counter()
+                        x = self._batch(order, self.batch)
+                        with autocast:
+                            logs = self.task.training_step(x, self.optimizers)
+                        for sched in self.schedulers:
+                            sched.step()
+                        self.batch += 1
+                        self.step += 1
+                        self.images_seen += len(x)
+                        window_images += len(x)
+                        if self.step % self.config.log_every == 0 or \
+                                self.batch == self.steps_per_epoch:
+                            values = self._check(logs)
+                            if self.device.type == "cuda":
+                                torch.cuda.synchronize()
+                            now = time.perf_counter()
+                            rate = window_images / max(now - window_start, 1e-9)
+                            window_start, window_images = now, 0
+                            self._log(values, rate)
+                            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+                        self.train_seconds += time.perf_counter() - t0
+                        bar.update(1)
+                        if stop.requested:
+                            self.save_checkpoint()
+                            raise Interrupted(
+                                f"interrupted at step {self.step}/{self.total_steps}; checkpoint "
+                                f"saved to {self.checkpoint_path}; continue with --resume")
+                    self.epoch += 1
+                    self.batch = 0
+                    self.save_checkpoint()
+            finally:
+                bar.close()
         return TrainStats(self.step, self.images_seen, self.train_seconds)
 
     def _check(self, logs: dict) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
@@ -51,8 +52,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
     def step_then_interrupt(images, optimizers):
         calls["n"] += 1
-        if calls["n"] == 5:  # in the middle of the second epoch
-            raise KeyboardInterrupt
+        if calls["n"] == 5:  # Ctrl-C in the middle of the second epoch
+            signal.raise_signal(signal.SIGINT)
         return original_step(images, optimizers)
 
     interrupted.task.training_step = step_then_interrupt
@@ -60,6 +61,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
         interrupted.fit()
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
 
+    assert calls["n"] == 5, "training went on after Ctrl-C"
     torch.manual_seed(123)  # a fresh process would start with other weights and RNG
     resumed = _trainer(tmp_path / "resumed")
     resumed.fit(resume=True)
