@@ -280,6 +280,9 @@ class Trainer:
                     self.epoch += 1
                     self.batch = 0
                     self.save_checkpoint()
+                    tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: loss {values['loss']:.4f}, "
+                               f"{self.images_seen / max(self.train_seconds, 1e-9):.0f} images/s",
+                               file=sys.stderr)
             finally:
                 bar.close()
         return TrainStats(self.step, self.images_seen, self.train_seconds)
