@@ -56,7 +56,8 @@ def leaderboard_frame(paths: list[str | Path]) -> pd.DataFrame:
     for path in find_results(paths):
         record = read_json(path)
         row = {name: _get(record, keys) for name, keys in COLUMNS}
-        row.update({f"pretext_{k}": v for k, v in (record.get("pretext") or {}).items()})
+        row.update({k if k.startswith("pretext_") else f"pretext_{k}": v
+                    for k, v in (record.get("pretext") or {}).items()})
         row["run"] = path.parent.name
         row["command"] = record.get("command", "")
         rows.append(row)
