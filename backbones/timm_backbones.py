@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from backbones.base import Backbone
-from ssl_bench.errors import IncompatibleError, UnknownNameError
+from ssl_bench.errors import IncompatibleError, OptionError, UnknownNameError
 from ssl_bench.registry import BACKBONES
 
 SMALL_IMAGE_MAX_SIDE = 64  # inputs up to this side get the CIFAR-style ResNet stem
@@ -80,8 +80,8 @@ class TimmViT(Backbone):
         img_size: input side in pixels.
         patch_size: patch side p; ``None`` picks :func:`vit_patch_size`.
         global_pool: ``"token"`` or ``"avg"``.
-        width_multiplier: scales the embedding width (heads keep 64… channels each
-            by scaling the head count too).
+        width_multiplier: scales the embedding width by scaling the number of
+            attention heads (each head keeps its width).
 
     Raises:
         OptionError: for an unknown ``global_pool``.
@@ -94,10 +94,8 @@ class TimmViT(Backbone):
                  patch_size: int | None = None, global_pool: str = "token",
                  width_multiplier: float = 1.0) -> None:
         super().__init__()
-        from ssl_bench.errors import OptionError
-
         if global_pool not in ("token", "avg"):
-            raise OptionError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+            raise OptionError(f"--backbone-opt global_pool must be 'token' or 'avg', got {global_pool!r}")
         patch_size = patch_size or vit_patch_size(img_size)
         if img_size % patch_size:
             raise IncompatibleError(

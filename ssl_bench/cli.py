@@ -60,7 +60,8 @@ def _add_run_parser(sub) -> None:
                    help="evaluators on frozen features (default: knn linear)")
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--pretext-eval-images", type=int, default=2048,
-                   help="test images for held-out pretext metrics (default: 2048)")
+                   help="size of the fixed, seeded test subset for held-out pretext "
+                        "metrics (default: 2048)")
     p.add_argument("--no-download", action="store_true",
                    help="never download; fail if the dataset is not under --data-root")
 
@@ -101,6 +102,10 @@ def _print_results(results: dict) -> None:
           f"backbone parameters {cost['backbone_params']:,}")
 
 
+def _show(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+
 def _list(_: argparse.Namespace, __: list[str]) -> int:
     import dataclasses
 
@@ -113,7 +118,8 @@ def _list(_: argparse.Namespace, __: list[str]) -> int:
     for name, cls in TASKS.items():
         print(f"  {name:18s} {cls.paper}")
         if dataclasses.is_dataclass(cls.Options):
-            opts = ", ".join(f"{f.name}={getattr(cls.Options(), f.name)!r}"
+            defaults = cls.Options()
+            opts = ", ".join(f"{f.name}={_show(getattr(defaults, f.name))}"
                              for f in dataclasses.fields(cls.Options))
             print(f"  {'':18s} --set {opts}")
     print("backbones:\n  " + "\n  ".join(backbone_names()))

@@ -39,7 +39,8 @@ class RunConfig:
             defaults (every optimizer of the task; ``lr`` keeps their ratio).
         evaluators: evaluator names run on frozen features.
         eval_batch_size: images per feature-extraction batch.
-        pretext_eval_images: test images used for held-out pretext metrics.
+        pretext_eval_images: size of the fixed, seeded subset of test images used for
+            held-out pretext metrics.
         download: let torchvision download a missing dataset.
         name: run directory name (default: derived, see :func:`run_name`).
         command: the command line that made the run.

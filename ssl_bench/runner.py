@@ -140,7 +140,10 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
     task.eval()
     eval_start = time.perf_counter()
-    test_for_pretext = data.test_images[:config.pretext_eval_images]
+    # A seeded spread over the test split: ImageFolder splits are sorted by class.
+    pretext_idx = subset_indices(len(data.test_images),
+                                 min(config.pretext_eval_images, len(data.test_images)), seed=0)
+    test_for_pretext = data.test_images[pretext_idx]
     pretext = _pretext_metrics(task, test_for_pretext, config.eval_batch_size, device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
     train_x = extract_features(task.features, data.train_images[eval_idx], config.eval_batch_size,
@@ -155,7 +158,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                                           data.num_classes, seed=config.seed))
     eval_seconds = time.perf_counter() - eval_start
 
-    figure = task.render(to_float(data.test_images[:8].to(device)))
+    shown = torch.linspace(0, len(data.test_images) - 1, 8).long()  # across classes
+    figure = task.render(to_float(data.test_images[shown].to(device)))
     if figure is not None:
         save_figure(figure, run_dir / f"{task.name}.png")
     _save_loss_curve(run_dir)

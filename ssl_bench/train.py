@@ -10,6 +10,7 @@ states travel in the checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 from ssl_bench.data import random_hflip, to_float
 from ssl_bench.errors import SslBenchError
-from ssl_bench.rundir import CHECKPOINT, METRICS, append_jsonl, atomic_torch_save
+from ssl_bench.rundir import (CHECKPOINT, METRICS, append_jsonl, atomic_torch_save,
+                              atomic_write_text)
 from tasks.base import OptimConfig, PretextTask
 
 
@@ -205,15 +207,11 @@ class Trainer:
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        import json
-
         path = self.run_dir / METRICS
         if not path.exists():
             return
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        from ssl_bench.rundir import atomic_write_text
-
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------- loop
