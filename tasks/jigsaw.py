@@ -276,19 +276,11 @@ class Jigsaw(PretextTask):
         top1 = (logits.argmax(dim=1) == labels).float().mean() * 100
         return F.cross_entropy(logits.float(), labels), {"pretext_top1": top1.detach()}
 
-    def _standardize_images(self, images: torch.Tensor) -> torch.Tensor:
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Each ``(N, C, H, W)`` image in [0, 1] standardised by its own mean and std,
+        as tiles are in training; the base class's ``features`` and ``feature_stages``
+        (pooled ``(N, D)`` and per-stage maps) use it."""
         return standardize(images, dims=(1, 2, 3))
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features ``(N, D)`` of whole images ``(N, C, H, W)`` in
-        [0, 1], each standardised by its own mean and std as tiles are in training."""
-        return self.backbone(self._standardize_images(images))
-
-    @torch.no_grad()
-    def feature_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage maps ``(N, C_i, h_i, w_i)`` of per-image standardised images."""
-        return self.backbone.forward_stages(self._standardize_images(images))
 
     @torch.no_grad()
     def pretext_metrics(self, images: torch.Tensor) -> dict[str, float]:
