@@ -47,3 +47,13 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(N, num_features)``: global average of :meth:`feature_map`."""
         return self.feature_map(x).mean(dim=(2, 3))
+
+    def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward` and :meth:`forward_stages` from one pass (evaluation
+        extracts both); subclasses that override :meth:`forward` override this too.
+
+        Returns:
+            Pooled features ``(N, num_features)`` and the per-stage maps.
+        """
+        stages = self.forward_stages(x)
+        return stages[-1].mean(dim=(2, 3)), stages

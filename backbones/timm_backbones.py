@@ -116,7 +116,10 @@ class TimmViT(Backbone):
         self.grid_size = img_size // patch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.vit.forward_features(x)
+        return self._pool(self.vit.forward_features(x))
+
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(N, 1 + L, D)`` normed tokens → ``(N, D)`` (class token or patch mean)."""
         if self.global_pool == "token":
             return tokens[:, 0]
         return tokens[:, self.vit.num_prefix_tokens:].mean(dim=1)
@@ -124,6 +127,11 @@ class TimmViT(Backbone):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.vit.forward_intermediates(
             x, indices=self.stage_indices, output_fmt="NCHW", intermediates_only=True)
+
+    def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        tokens, stages = self.vit.forward_intermediates(x, indices=self.stage_indices,
+                                                        output_fmt="NCHW")
+        return self._pool(tokens), stages
 
 
 def _is_vit(model_name: str) -> bool:

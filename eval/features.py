@@ -131,6 +131,45 @@ def extract_stage_features(encode_stages: Callable[[torch.Tensor], list[torch.Te
         if any(m.ndim != 4 for m in maps):
             raise ValueError("encode_stages must return (n, C_i, h_i, w_i) maps, got "
                              f"{[tuple(m.shape) for m in maps]}")
-        chunks.append([F.adaptive_avg_pool2d(m.float(), stage_grid(*m.shape[1:], max_dims))
-                       .flatten(1).cpu() for m in maps])
+        chunks.append([_pool_stage(m, max_dims) for m in maps])
     return [torch.cat(stage) for stage in zip(*chunks)]
+
+
+def extract_features_and_stages(encode: Callable[[torch.Tensor],
+                                                 tuple[torch.Tensor, list[torch.Tensor]]],
+                                images: torch.Tensor, batch_size: int = 512,
+                                device: torch.device = torch.device("cpu"),
+                                autocast_dtype: torch.dtype | None = None,
+                                progress: str | None = None, max_dims: int = MAX_STAGE_DIMS
+                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Pooled features and pooled per-stage features of a split from one pass.
+
+    Args:
+        encode: maps float images ``(n, C, H, W)`` in [0, 1] to features
+            ``(n, D)`` and stage maps ``(n, C_i, h_i, w_i)`` (e.g.
+            ``task.features_and_stages``).
+        images, batch_size, device, autocast_dtype, progress: as in
+            :func:`extract_features`.
+        max_dims: the bound on each stage's width (see :func:`stage_grid`).
+
+    Returns:
+        ``float32`` ``(N, D)`` and one ``float32`` ``(N, D_i)`` per stage, on the CPU.
+
+    Raises:
+        ValueError: as in :func:`extract_features` and :func:`extract_stage_features`.
+    """
+    features, stages = [], []
+    for out, maps in _encode_batches(encode, images, batch_size, device, autocast_dtype,
+                                     progress):
+        if out.ndim != 2 or any(m.ndim != 4 for m in maps):
+            raise ValueError("encode must return (n, D) features and (n, C_i, h_i, w_i) maps, "
+                             f"got {tuple(out.shape)} and {[tuple(m.shape) for m in maps]}")
+        features.append(out.float().cpu())
+        stages.append([_pool_stage(m, max_dims) for m in maps])
+    return torch.cat(features), [torch.cat(stage) for stage in zip(*stages)]
+
+
+def _pool_stage(stage_map: torch.Tensor, max_dims: int) -> torch.Tensor:
+    """``(n, C, h, w)`` → ``(n, C·g²)`` float32 CPU, g from :func:`stage_grid`."""
+    grid = stage_grid(*stage_map.shape[1:], max_dims)
+    return F.adaptive_avg_pool2d(stage_map.float(), grid).flatten(1).cpu()

@@ -1,4 +1,4 @@
-"""The ``ssl-bench`` command line: ``run``, ``list`` and ``leaderboard``."""
+"""The ``ssl-bench`` command line: ``run``, ``sweep``, ``list``, ``leaderboard``, ``report``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--dataset", default="digits",
                    help="digits (embedded, offline) | mnist | fashion-mnist | cifar10 | cifar100 | "
                         "svhn | stl10 | imagefolder:<path> (default: digits)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="run directory name (default: <task>-<backbone>-<dataset>-s<seed>"
+                                  "[-<hash of non-default settings>])")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    resume.add_argument("--overwrite", action="store_true", help="delete an existing run directory")
+    _add_settings(p)
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``sweep``: data, budget, optimizer, evaluation."""
     p.add_argument("--data-root", help="folder with an existing copy of the dataset")
     p.add_argument("--image-size", type=int, help="resize images to this side in pixels")
     p.add_argument("--epochs", type=int, default=20, help="pretraining epochs (default: 20)")
@@ -38,14 +49,19 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--eval-train-subset", type=int,
                    help="evaluators use a fixed class-balanced subset of N labelled train "
                         "images (the same for every run; default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-subset", type=int,
+                   help="score on a fixed class-balanced subset of N test images "
+                        "(the same for every run; default: the whole test split)")
+    p.add_argument("--lowshot", type=float, nargs="*", default=[1.0, 10.0], metavar="PERCENT",
+                   help="low-shot evaluation with these percentages of the train split's labels "
+                        "(default: 1 10; none: off)")
+    p.add_argument("--no-layer-probes", action="store_true",
+                   help="skip the linear probe of every backbone stage")
+    p.add_argument("--layer-dims", type=int, default=4096,
+                   help="pool each stage to at most this many features for its probe "
+                        "(default: 4096)")
     p.add_argument("--out", default="runs", help="parent folder of run directories (default: runs)")
-    p.add_argument("--name", help="run directory name (default: <task>-<backbone>-<dataset>-s<seed>"
-                                  "[-<hash of non-default settings>])")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    resume.add_argument("--overwrite", action="store_true", help="delete an existing run directory")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="task_options",
                    help="override a task hyperparameter (repeatable; `ssl-bench list` shows them)")
     p.add_argument("--backbone-opt", action="append", metavar="KEY=VALUE",
@@ -66,28 +82,62 @@ def _add_run_parser(sub) -> None:
                    help="never download; fail if the dataset is not under --data-root")
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a grid of tasks × backbones × datasets × seeds",
+        description="Run every (dataset, backbone, task, seed) of the grid with the same settings. "
+                    "Finished runs are skipped, interrupted ones resumed from their checkpoint, "
+                    "task/backbone pairs that cannot work together are reported and skipped, "
+                    "and a failed run does not stop the sweep; a summary ends it.")
+    p.add_argument("--tasks", nargs="+", required=True, help="pretext tasks (and references)")
+    p.add_argument("--backbones", nargs="+", default=["convnet"])
+    p.add_argument("--datasets", nargs="+", default=["digits"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    _add_settings(p)
+
+
+def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
+    """A :class:`RunConfig` from the shared settings plus ``names`` (task, backbone, …)."""
     import yaml
 
     from ssl_bench.config import RunConfig
-    from ssl_bench.runner import run_experiment
 
     backbone_options = {k: yaml.safe_load(v) for k, v in
                         _key_values(args.backbone_opt, "--backbone-opt").items()}
-    config = RunConfig(
-        task=args.task, backbone=args.backbone, dataset=args.dataset, data_root=args.data_root,
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-        train_subset=args.train_subset, eval_train_subset=args.eval_train_subset, seed=args.seed, out=args.out, name=args.name,
-        device=args.device, resume=args.resume, overwrite=args.overwrite,
+    return RunConfig(
+        data_root=args.data_root, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, train_subset=args.train_subset,
+        eval_train_subset=args.eval_train_subset, test_subset=args.test_subset,
+        lowshot=list(args.lowshot), layer_probes=not args.no_layer_probes,
+        layer_dims=args.layer_dims, out=args.out, device=args.device,
         task_options=_key_values(args.task_options, "--set"), backbone_options=backbone_options,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, evaluators=args.evaluators,
         eval_batch_size=args.eval_batch_size, pretext_eval_images=args.pretext_eval_images,
-        download=not args.no_download,
-        command=" ".join(["ssl-bench", *map(shlex.quote, argv)]))
+        download=not args.no_download, command=command, **names)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from ssl_bench.runner import run_experiment
+
+    config = _config(args, " ".join(["ssl-bench", *map(shlex.quote, argv)]),
+                     task=args.task, backbone=args.backbone, dataset=args.dataset,
+                     seed=args.seed, name=args.name, resume=args.resume, overwrite=args.overwrite)
     results = run_experiment(config)
     _print_results(results)
     return 0
+
+
+def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    from ssl_bench.sweep import Sweep
+
+    command = " ".join(["ssl-bench", *map(shlex.quote, argv)])
+    # seeds outermost: a sweep cut short still covers every task with its first seeds
+    grid = [_config(args, command, task=task, backbone=backbone, dataset=dataset, seed=seed)
+            for seed in args.seeds for dataset in args.datasets
+            for backbone in args.backbones for task in args.tasks]
+    outcome = Sweep(grid).run()
+    return 0 if not outcome.failed else 1
 
 
 def _print_results(results: dict) -> None:
@@ -131,8 +181,31 @@ def _list(_: argparse.Namespace, __: list[str]) -> int:
 def _leaderboard(args: argparse.Namespace, _: list[str]) -> int:
     from ssl_bench.leaderboard import write_leaderboard
 
-    frame = write_leaderboard(args.run_dirs or ["runs"], args.output)
-    print(f"wrote {len(frame)} rows to {args.output} and {args.output.rsplit('.', 1)[0]}.md")
+    summary, runs = write_leaderboard(args.run_dirs or ["runs"], args.output)
+    stem = args.output.rsplit(".", 1)[0]
+    print(f"wrote {len(summary)} configurations ({len(runs)} runs) to {args.output}, "
+          f"{stem}_runs.csv and {stem}.md")
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="write a Markdown report with the leaderboard and figures",
+                       description="Write <out>/README.md: how the runs were made, their budget, "
+                                   "the seed-aggregated leaderboard and figures (<out>/figures/).")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="run directories or folders of them (default: runs)")
+    p.add_argument("-o", "--output", default="results", help="report folder (default: results)")
+    p.add_argument("--title", default="ssl-bench report", help="the report's heading")
+    p.add_argument("--sweep-command", action="append", metavar="TEXT",
+                   help="the command that made the runs, printed verbatim (repeatable)")
+
+
+def _report(args: argparse.Namespace, _: list[str]) -> int:
+    from ssl_bench.report import build_report
+
+    readme = build_report(args.run_dirs or ["runs"], args.output, title=args.title,
+                          sweep_commands=args.sweep_command)
+    print(f"wrote {readme} (figures in {readme.parent / 'figures'})")
     return 0
 
 
@@ -142,11 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "evaluate frozen features, compare on a leaderboard.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    _add_sweep_parser(sub)
     sub.add_parser("list", help="list tasks (with their options), backbones, datasets, evaluators")
-    lb = sub.add_parser("leaderboard", help="collect finished runs into a CSV + Markdown table")
+    lb = sub.add_parser("leaderboard", help="collect finished runs into CSV + Markdown tables",
+                        description="One row per configuration (mean, std, n, 95% CI over "
+                                    "seeds) in OUTPUT, one row per run in <OUTPUT stem>_runs.csv, "
+                                    "a readable table in <OUTPUT stem>.md.")
     lb.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                     help="run directories or folders of them (default: runs)")
-    lb.add_argument("-o", "--output", default="results/leaderboard.csv")
+    lb.add_argument("-o", "--output", default="results/leaderboard.csv",
+                    help="aggregated CSV (default: results/leaderboard.csv)")
+    _add_report_parser(sub)
     return parser
 
 
@@ -155,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     (0 success, 2 bad input or failed run, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "list": _list, "leaderboard": _leaderboard}
+    handlers = {"run": _run, "sweep": _sweep, "list": _list, "leaderboard": _leaderboard,
+                "report": _report}
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:

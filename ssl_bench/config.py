@@ -29,6 +29,12 @@ class RunConfig:
         train_subset: pretrain on a fixed, seeded subset of this many train images.
         eval_train_subset: evaluators use a fixed, class-balanced subset (seed 0, the
             same for every run) of this many labelled train images.
+        test_subset: score on a fixed, class-balanced subset (seed 0) of this many
+            test images (``None``: the whole test split).
+        lowshot: low-shot percentages of the train split's labels (see
+            :mod:`eval.protocol`); empty: no low-shot evaluation.
+        layer_probes: run a linear probe on every backbone stage.
+        layer_dims: the bound on a stage's pooled width for those probes.
         seed: seeds weights, batch order, corruptions and the subset.
         out: parent folder of run directories.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -55,6 +61,10 @@ class RunConfig:
     batch_size: int = 128
     train_subset: int | None = None
     eval_train_subset: int | None = None
+    test_subset: int | None = None
+    lowshot: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    layer_probes: bool = True
+    layer_dims: int = 4096
     seed: int = 0
     out: str = "runs"
     device: str = "auto"
@@ -76,7 +86,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         for option, value, low in (("--epochs", self.epochs, 0), ("--batch-size", self.batch_size, 2),
                                    ("--eval-batch-size", self.eval_batch_size, 1),
-                                   ("--pretext-eval-images", self.pretext_eval_images, 1)):
+                                   ("--pretext-eval-images", self.pretext_eval_images, 1),
+                                   ("--layer-dims", self.layer_dims, 1)):
             if value < low:
                 raise OptionError(f"{option} must be at least {low}, got {value}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

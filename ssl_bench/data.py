@@ -71,7 +71,8 @@ class ImageData:
         return DataSpec(
             name=self.name, channels=self.channels, image_size=self.image_size,
             mean=tuple(x.mean(dim=(0, 2, 3)).tolist()),
-            std=tuple(x.std(dim=(0, 2, 3)).tolist()), hflip=self.hflip)
+            std=tuple(x.std(dim=(0, 2, 3)).tolist()), hflip=self.hflip,
+            num_classes=self.num_classes)
 
     def resized(self, size: int) -> "ImageData":
         """A copy with both splits resized to ``size``×``size`` (bilinear, antialiased)."""
@@ -82,7 +83,8 @@ class ImageData:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The label-free description of a dataset that tasks are built from.
+    """The label-free description of a dataset that tasks are built from (only the
+    class count is known; the ``supervised`` reference task alone uses it).
 
     Attributes:
         name: dataset name.
@@ -91,6 +93,7 @@ class DataSpec:
         mean: per-channel pixel mean of the train split, in [0, 1].
         std: per-channel pixel standard deviation of the train split.
         hflip: whether horizontal flips are natural for this data.
+        num_classes: number of classes of the labels.
     """
 
     name: str
@@ -99,6 +102,7 @@ class DataSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hflip: bool
+    num_classes: int = 10
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -187,9 +191,19 @@ def subset_indices(n: int, size: int | None, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:size].sort().values
 
 
-def balanced_subset_indices(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
+def balanced_subset_indices(labels: torch.Tensor, size: int | None, seed: int,
+                            option: str = "--eval-train-subset") -> torch.Tensor:
     """A fixed, seeded, class-balanced subset of ``size`` indices into ``labels``
     (``size // C`` per class, the remainder to the first classes; all when ``None``).
+
+    Args:
+        labels: ``int64`` ``(N,)`` class indices.
+        size: how many indices; ``None``: all.
+        seed: seeds the draw within each class.
+        option: the option named in error messages.
+
+    Returns:
+        Sorted ``int64`` indices.
 
     Raises:
         OptionError: if ``size`` is below the number of classes or above ``len(labels)``,
@@ -199,8 +213,8 @@ def balanced_subset_indices(labels: torch.Tensor, size: int | None, seed: int) -
         return torch.arange(len(labels))
     classes = labels.unique()
     if not len(classes) <= size <= len(labels):
-        raise OptionError(f"--eval-train-subset must be between {len(classes)} and "
-                          f"{len(labels)} for this dataset, got {size}")
+        raise OptionError(f"{option} must give between {len(classes)} and "
+                          f"{len(labels)} images for this dataset, got {size}")
     g = torch.Generator().manual_seed(seed)
     per_class, extra = divmod(size, len(classes))
     chosen = []
@@ -208,7 +222,7 @@ def balanced_subset_indices(labels: torch.Tensor, size: int | None, seed: int) -
         members = (labels == c).nonzero().flatten()
         take = per_class + (i < extra)
         if take > len(members):
-            raise OptionError(f"--eval-train-subset {size}: class {int(c)} has only "
+            raise OptionError(f"{option} {size}: class {int(c)} has only "
                               f"{len(members)} examples")
         chosen.append(members[torch.randperm(len(members), generator=g)[:take]])
     return torch.cat(chosen).sort().values

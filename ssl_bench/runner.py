@@ -11,16 +11,22 @@ from typing import Any
 
 import torch
 
+from eval import LinearProbe, Protocol, extract_features, extract_features_and_stages, lowshot_sizes
 from ssl_bench.build import build_task
 from ssl_bench.config import RunConfig, run_name
 from ssl_bench.data import (ImageData, balanced_subset_indices, load_dataset, subset_indices,
                              to_float)
 from ssl_bench.errors import OptionError, SslBenchError
 from ssl_bench.registry import EVALUATORS, load_builtins
-from ssl_bench.rundir import (CONFIG, METRICS, RESULTS, atomic_write_json, atomic_write_yaml,
-                              git_commit, read_json, versions)
+from ssl_bench.plots import save_figure
+from ssl_bench.rundir import (CONFIG, METRICS, RESULTS, atomic_torch_save, atomic_write_json,
+                              atomic_write_yaml, git_commit, read_json, versions)
 from ssl_bench.train import TrainConfig, Trainer
 from tasks.base import OptimConfig, PretextTask, count_parameters, options_to_dict
+
+#: Test images whose features are kept for the report's 2-D projection.
+FEATURE_SAMPLE = 1000
+FEATURE_SAMPLE_FILE = "test_features_sample.pt"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,18 +85,6 @@ def _check_run_dir(config: RunConfig) -> Path:
     return run_dir
 
 
-def _pretext_metrics(task: PretextTask, images: torch.Tensor, batch_size: int,
-                     device: torch.device) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    count = 0
-    for chunk in images.split(batch_size):
-        metrics = task.pretext_metrics(to_float(chunk.to(device)))
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
-        count += len(chunk)
-    return {k: v / count for k, v in sums.items()}
-
-
 def run_experiment(config: RunConfig) -> dict[str, Any]:
     """Pretrain, evaluate and write one run directory; return its ``results.json``.
 
@@ -98,9 +92,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         SslBenchError: any bad input (names, options, data), an interrupted or
             diverged run; the message says what to do.
     """
-    from eval import extract_features
-    from ssl_bench.plots import save_figure
-
     load_builtins()
     evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
     run_dir = _check_run_dir(config)
@@ -112,8 +103,14 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                                    download=config.download)
     spec = data.spec()
     train_idx = subset_indices(len(data.train_images), config.train_subset, config.seed)
-    # seed 0, not the run's: every run is scored against the same labelled subset
+    # seed 0, not the run's: every run is scored against the same labelled images
     eval_idx = balanced_subset_indices(data.train_labels, config.eval_train_subset, seed=0)
+    test_idx = balanced_subset_indices(data.test_labels, config.test_subset, seed=0,
+                                       option="--test-subset")
+    protocol = Protocol(
+        evaluators,
+        lowshot_sizes(config.lowshot, len(data.train_images), len(eval_idx), data.num_classes),
+        LinearProbe() if config.layer_probes else None)
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
@@ -127,49 +124,43 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         "resolved_task_options": options_to_dict(task.options),
         "resolved_optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims],
         "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
-                 "eval_train_images": len(eval_idx),
-                 "test_images": len(data.test_images), "channels": spec.channels,
+                 "eval_train_images": len(eval_idx), "test_images": len(test_idx),
+                 "lowshot_labels": protocol.lowshot, "channels": spec.channels,
                  "image_size": spec.image_size, "num_classes": data.num_classes},
         "device_resolved": str(device), "versions": versions(), "git_commit": git_commit(),
     })
 
     epochs = config.epochs if task.pretrains else 0
     trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
-                      TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device)
+                      TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
+                      labels=data.train_labels[train_idx])
     stats = trainer.fit(resume=config.resume)
 
     task.eval()
     eval_start = time.perf_counter()
-    # A seeded spread over the test split: ImageFolder splits are sorted by class.
-    pretext_idx = subset_indices(len(data.test_images),
-                                 min(config.pretext_eval_images, len(data.test_images)), seed=0)
-    test_for_pretext = data.test_images[pretext_idx]
-    pretext = _pretext_metrics(task, test_for_pretext, config.eval_batch_size, device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    train_x = extract_features(task.features, data.train_images[eval_idx], config.eval_batch_size,
-                               device,
-                               autocast, progress="train features")
-    test_x = extract_features(task.features, data.test_images, config.eval_batch_size, device,
-                              autocast, progress="test features")
-    metrics: dict[str, float] = {}
-    for name, evaluator in evaluators.items():
-        metrics.update(evaluator.evaluate(train_x, data.train_labels[eval_idx], test_x,
-                                          data.test_labels,
-                                          data.num_classes, seed=config.seed))
+    pretext = _pretext_metrics(task, data, config, device)
+    test_images, test_labels = data.test_images[test_idx], data.test_labels[test_idx]
+    train_labels = data.train_labels[eval_idx]
+    (train_x, train_stages), (test_x, test_stages) = (
+        _encode(task, images, config, device, split)
+        for images, split in ((data.train_images[eval_idx], "train"), (test_images, "test")))
+    metrics, layers = protocol.evaluate(train_x, train_labels, test_x, test_labels,
+                                        data.num_classes, config.seed, train_stages,
+                                        test_stages, task.backbone.stage_names)
     eval_seconds = time.perf_counter() - eval_start
 
-    shown = torch.linspace(0, len(data.test_images) - 1, 8).long()  # across classes
-    figure = task.render(to_float(data.test_images[shown].to(device)))
-    if figure is not None:
-        save_figure(figure, run_dir / f"{task.name}.png")
-    _save_loss_curve(run_dir)
-
+    figures = _save_figures(task, test_images, run_dir, device)
+    sample = _save_feature_sample(test_x, test_labels, data.class_names, run_dir)
+    best = max(layers, key=lambda r: r["linear_top1"])["name"] if layers else None
     results = {
         "task": config.task, "backbone": config.backbone, "dataset": config.dataset,
         "seed": config.seed, "epochs": epochs, "batch_size": trainer.batch_size,
         "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),
+        "test_images": len(test_idx),
         "images_seen": stats.images_seen, "steps": stats.steps,
         "metrics": _rounded(metrics), "pretext": _rounded(pretext),
+        "layers": [_rounded(r) for r in layers], "layer_best": best,
+        "lowshot_labels": protocol.lowshot,
         "cost": {"train_seconds": round(stats.train_seconds, 2),
                  "train_images_per_s": round(stats.images_per_s, 1),
                  "eval_seconds": round(eval_seconds, 2),
@@ -178,27 +169,76 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                  "backbone_gflops_per_image": backbone_gflops(task, spec, device),
                  "feature_dim": int(train_x.shape[1]), "device": str(device)},
         "summary": task.summary(), "command": config.command,
+        "figures": figures, "feature_sample": sample,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(run_dir / RESULTS, results)
     return results
 
 
+def _pretext_metrics(task: PretextTask, data: ImageData, config: RunConfig,
+                     device: torch.device) -> dict[str, float]:
+    """Held-out pretext metrics on a seeded spread of the whole test split
+    (ImageFolder splits are sorted by class), averaged over batches."""
+    idx = subset_indices(len(data.test_images),
+                         min(config.pretext_eval_images, len(data.test_images)), seed=0)
+    sums: dict[str, float] = {}
+    for chunk in data.test_images[idx].split(config.eval_batch_size):
+        for k, v in task.pretext_metrics(to_float(chunk.to(device))).items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+    return {k: v / len(idx) for k, v in sums.items()}
+
+
+def _encode(task: PretextTask, images: torch.Tensor, config: RunConfig, device: torch.device,
+            split: str) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Frozen pooled features (and per-stage features when layer probes are on)."""
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    if not config.layer_probes:
+        return extract_features(task.features, images, config.eval_batch_size, device, autocast,
+                                progress=f"{split} features"), None
+    return extract_features_and_stages(task.features_and_stages, images, config.eval_batch_size,
+                                       device, autocast, progress=f"{split} features",
+                                       max_dims=config.layer_dims)
+
+
+def _save_figures(task: PretextTask, test_images: torch.Tensor, run_dir: Path,
+                  device: torch.device) -> dict[str, str | None]:
+    """``<task>.png`` on 8 test images across classes, and ``loss_curve.png``."""
+    shown = torch.linspace(0, len(test_images) - 1, 8).long()
+    figure = task.render(to_float(test_images[shown].to(device)))
+    names: dict[str, str | None] = {"task": None, "loss": None}
+    if figure is not None:
+        names["task"] = f"{task.name}.png"
+        save_figure(figure, run_dir / names["task"])
+    if _save_loss_curve(run_dir):
+        names["loss"] = "loss_curve.png"
+    return names
+
+
+def _save_feature_sample(test_x: torch.Tensor, test_labels: torch.Tensor,
+                         class_names: list[str], run_dir: Path) -> str:
+    """Save features of a fixed spread of ≤ :data:`FEATURE_SAMPLE` test images
+    (``float16``) for the report's 2-D projections; returns the file name."""
+    idx = subset_indices(len(test_x), min(FEATURE_SAMPLE, len(test_x)), seed=0)
+    atomic_torch_save({"features": test_x[idx].half(), "labels": test_labels[idx],
+                       "class_names": list(class_names)}, run_dir / FEATURE_SAMPLE_FILE)
+    return FEATURE_SAMPLE_FILE
+
+
 def _rounded(values: dict[str, float], digits: int = 4) -> dict[str, float]:
     return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
 
 
-def _save_loss_curve(run_dir: Path) -> None:
-    """``loss_curve.png``: training loss against step from ``metrics.jsonl``."""
+def _save_loss_curve(run_dir: Path) -> bool:
+    """``loss_curve.png``: training loss against step from ``metrics.jsonl``;
+    ``False`` when nothing was trained."""
     path = run_dir / METRICS
     if not path.exists():
-        return
+        return False
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records:
-        return
+        return False
     import matplotlib.pyplot as plt
-
-    from ssl_bench.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records])
@@ -207,3 +247,4 @@ def _save_loss_curve(run_dir: Path) -> None:
     ax.set_title(run_dir.name, fontsize=8)
     fig.tight_layout()
     save_figure(fig, run_dir / "loss_curve.png")
+    return True

@@ -142,6 +142,8 @@ class Trainer:
     Args:
         task: the pretext task (moved to ``device`` by the caller).
         images: the train split, ``uint8`` ``(N, C, H, W)`` on the CPU.
+        labels: ``int64`` ``(N,)`` class indices, given to tasks that set
+            ``uses_labels`` (the ``supervised`` reference) and to no other.
         hflip: flip batches horizontally at random (natural images only).
         config: loop settings.
         optims: one :class:`OptimConfig` per optimizer of the task.
@@ -150,13 +152,18 @@ class Trainer:
     """
 
     def __init__(self, task: PretextTask, images: torch.Tensor, hflip: bool, config: TrainConfig,
-                 optims: list[OptimConfig], run_dir: Path, device: torch.device) -> None:
+                 optims: list[OptimConfig], run_dir: Path, device: torch.device,
+                 labels: torch.Tensor | None = None) -> None:
+        if task.uses_labels and labels is None:
+            raise SslBenchError(f"task {task.name!r} trains with labels but none were given")
         self.task, self.images, self.hflip, self.config = task, images, hflip, config
+        self.labels = labels if task.uses_labels else None
         self.run_dir, self.device = Path(run_dir), device
         self.batch_size = min(config.batch_size, len(images))
         self.steps_per_epoch = max(1, len(images) // self.batch_size)  # drop the last partial batch
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.optimizers = task.configure_optimizers(optims)
+        # untrained references (random-init, pixels) need no optimizer; pixels has no parameters
+        self.optimizers = task.configure_optimizers(optims) if config.epochs else []
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
                 self.total_steps, min(self.total_steps // 2,
@@ -216,10 +223,12 @@ class Trainer:
 
     # ------------------------------------------------------------- loop
 
-    def _batch(self, order: torch.Tensor, b: int) -> torch.Tensor:
+    def _batch(self, order: torch.Tensor, b: int) -> tuple[torch.Tensor, dict]:
+        """Images of batch ``b`` of the epoch, and ``{"labels": …}`` for label tasks."""
         idx = order[b * self.batch_size:(b + 1) * self.batch_size]
         x = to_float(self.images[idx].to(self.device, non_blocking=True))
-        return random_hflip(x) if self.hflip else x
+        extra = {} if self.labels is None else {"labels": self.labels[idx].to(self.device)}
+        return (random_hflip(x) if self.hflip else x), extra
 
     def fit(self, resume: bool = False) -> TrainStats:
         """Train until ``config.epochs`` are done.
@@ -249,9 +258,9 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                     while self.batch < self.steps_per_epoch:
                         t0 = time.perf_counter()
-                        x = self._batch(order, self.batch)
+                        x, extra = self._batch(order, self.batch)
                         with autocast:
-                            logs = self.task.training_step(x, self.optimizers)
+                            logs = self.task.training_step(x, self.optimizers, **extra)
                         for sched in self.schedulers:
                             sched.step()
                         self.batch += 1

@@ -96,6 +96,8 @@ class PretextTask(nn.Module):
         Options: a dataclass of hyperparameters with paper-based defaults; the
             CLI overrides them with ``--set key=value``.
         pretrains: ``False`` for baselines that are evaluated untrained.
+        uses_labels: ``True`` only for the ``supervised`` reference: the trainer
+            then calls ``training_step(images, optimizers, labels=labels)``.
 
     Args:
         make_backbone: builds backbones of the run's kind (see
@@ -108,6 +110,7 @@ class PretextTask(nn.Module):
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = type("NoOptions", (), {})
     pretrains: ClassVar[bool] = True
+    uses_labels: ClassVar[bool] = False
 
     def __init__(self, make_backbone: BackboneFactory, spec: DataSpec, options: Any) -> None:
         super().__init__()
@@ -174,6 +177,12 @@ class PretextTask(nn.Module):
     def feature_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage feature maps ``(N, C_i, h_i, w_i)`` for per-layer probes."""
         return self.backbone.forward_stages(self.normalize(images))
+
+    @torch.no_grad()
+    def features_and_stages(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`features` and :meth:`feature_stages` from one backbone pass (what
+        evaluation extracts); a task that overrides :meth:`features` overrides this too."""
+        return self.backbone.forward_with_stages(self.normalize(images))
 
     @torch.no_grad()
     def pretext_metrics(self, images: torch.Tensor) -> dict[str, float]:

@@ -49,9 +49,17 @@ class SplitBrainBackbone(Backbone):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage maps of both halves concatenated along channels; the ab half's
         map is resized (bilinear) to the L half's if their sides differ."""
+        return self._join(self.l_net.forward_stages(x[:, :1]), self.ab_net.forward_stages(x[:, 1:]))
+
+    def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        l_pooled, l_stages = self.l_net.forward_with_stages(x[:, :1])
+        ab_pooled, ab_stages = self.ab_net.forward_with_stages(x[:, 1:])
+        return torch.cat([l_pooled, ab_pooled], dim=1), self._join(l_stages, ab_stages)
+
+    @staticmethod
+    def _join(l_stages: list[torch.Tensor], ab_stages: list[torch.Tensor]) -> list[torch.Tensor]:
         stages = []
-        for l_map, ab_map in zip(self.l_net.forward_stages(x[:, :1]),
-                                 self.ab_net.forward_stages(x[:, 1:])):
+        for l_map, ab_map in zip(l_stages, ab_stages):
             if ab_map.shape[-2:] != l_map.shape[-2:]:
                 ab_map = F.interpolate(ab_map, size=l_map.shape[-2:], mode="bilinear",
                                        align_corners=False)

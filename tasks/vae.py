@@ -248,6 +248,12 @@ class VAE(PretextTask):
         """μ of q(z|x), ``(N, latent_dim)``, for images ``(N, C, H, W)`` in [0, 1]."""
         return self.encode(images)[0]
 
+    @torch.no_grad()
+    def features_and_stages(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """μ and the backbone's stage maps from one pass."""
+        pooled, stages = self.backbone.forward_with_stages(self.normalize(images))
+        return self.mu(pooled), stages
+
     def _generator(self, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(EVAL_SEED)
 

@@ -40,6 +40,11 @@ def test_task_contract(name, spec):
     assert feats.ndim == 2 and feats.shape[0] == 8 and torch.isfinite(feats).all()
     stages = task.feature_stages(images)
     assert all(s.ndim == 4 and s.shape[0] == 8 for s in stages)
+    one_pass_feats, one_pass_stages = task.features_and_stages(images)
+    torch.testing.assert_close(one_pass_feats, feats)
+    assert len(one_pass_stages) == len(stages)
+    for a, b in zip(one_pass_stages, stages):
+        torch.testing.assert_close(a, b)
     metrics = task.pretext_metrics(images)
     assert all(isinstance(v, float) for v in metrics.values())
     json.dumps(task.summary())

@@ -1,0 +1,132 @@
+"""The evaluation protocol of a run: which evaluator sees which frozen features.
+
+* **All labels**: every chosen evaluator (k-NN, linear probe) on the pooled
+  features of the labelled evaluation subset, scored on the test split.
+* **Low-shot**: k-NN and the linear probe trained on a fixed, class-balanced
+  p % of the train split's labels (1 % and 10 % by default, as in the
+  semi-supervised ImageNet protocol of Zhai et al., ICCV 2019, §5, and VISSL's
+  low-shot benchmarks), scored on the same test split. The labelled images are
+  drawn (seed 0, the same for every run) from inside the evaluation subset, so
+  no extra features are extracted; metric names end in ``_1pct``, ``_10pct``.
+* **Per layer**: one linear probe on each backbone stage's pooled map
+  (:func:`eval.features.stage_grid`), as in the conv1…conv5 tables of
+  Zhang et al. (CVPR 2017, Table 3) and Noroozi & Favaro (ECCV 2016, Table 2).
+  Metrics ``layer_best_linear_top1`` and ``layer_last_linear_top1``.
+
+Every probe picks its learning rate and weight decay on a validation split of
+its own labelled train images (see :class:`eval.linear.LinearProbe`); the test
+split takes part in no choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from eval.base import Evaluator
+from eval.linear import LinearProbe
+from ssl_bench.data import balanced_subset_indices
+from ssl_bench.errors import OptionError
+
+#: Fewest labels per class for a low-shot evaluation (its validation split needs some).
+MIN_LOWSHOT_PER_CLASS = 10
+
+
+def lowshot_key(percent: float) -> str:
+    """Suffix of a low-shot metric name: 1 → ``"1pct"``, 0.5 → ``"0.5pct"``."""
+    return f"{percent:g}pct"
+
+
+def lowshot_sizes(percents: tuple[float, ...] | list[float], train_split_images: int,
+                  eval_images: int, num_classes: int) -> dict[str, int]:
+    """How many labelled images each low-shot percentage means.
+
+    ``round(p / 100 · train_split_images)`` for each p; percentages that give
+    fewer than :data:`MIN_LOWSHOT_PER_CLASS` labels per class are left out
+    (e.g. 1 % of the 1,437-image digits split).
+
+    Args:
+        percents: p values in (0, 100].
+        train_split_images: size of the dataset's whole train split.
+        eval_images: size of the labelled evaluation subset they are drawn from.
+        num_classes: C.
+
+    Returns:
+        ``lowshot_key(p)`` → number of labelled images.
+
+    Raises:
+        OptionError: a p outside (0, 100], or one that needs more labelled
+            images than the evaluation subset holds (names ``--eval-train-subset``).
+    """
+    sizes = {}
+    for p in percents:
+        if not 0 < p <= 100:
+            raise OptionError(f"--lowshot {p:g} is not valid; give percentages in (0, 100]")
+        n = round(p / 100 * train_split_images)
+        if n > eval_images:
+            raise OptionError(f"--lowshot {p:g} needs {n} labelled images but the evaluation "
+                              f"subset has {eval_images}; raise --eval-train-subset to at "
+                              f"least {n} or drop that percentage")
+        if n >= MIN_LOWSHOT_PER_CLASS * num_classes:
+            sizes[lowshot_key(p)] = n
+    return sizes
+
+
+@dataclass
+class Protocol:
+    """What to evaluate, beyond the evaluators on all labels.
+
+    Attributes:
+        evaluators: name → evaluator on the pooled features with all labels.
+        lowshot: ``lowshot_key`` → number of labelled images (see :func:`lowshot_sizes`).
+        layer_probe: the linear probe run per layer; ``None``: no per-layer probes.
+
+    The low-shot subsets are scored by the same evaluators as all labels.
+    """
+
+    evaluators: dict[str, Evaluator]
+    lowshot: dict[str, int] = field(default_factory=dict)
+    layer_probe: LinearProbe | None = None
+
+    def evaluate(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor, num_classes: int, seed: int,
+                 train_stages: list[torch.Tensor] | None = None,
+                 test_stages: list[torch.Tensor] | None = None,
+                 stage_names: list[str] | None = None) -> tuple[dict[str, float], list[dict]]:
+        """Run the whole protocol.
+
+        Args:
+            train_x: ``float32`` ``(N_train, D)`` pooled features of the labelled subset.
+            train_y: ``int64`` ``(N_train,)``.
+            test_x: ``float32`` ``(N_test, D)``.
+            test_y: ``int64`` ``(N_test,)``.
+            num_classes: C.
+            seed: seeds the probes' validation splits and batch orders.
+            train_stages, test_stages: per-stage features ``(N, D_i)``, needed when
+                :attr:`layer_probe` is set.
+            stage_names: one name per stage.
+
+        Returns:
+            Flat metrics (accuracies in %) and one record per probed layer:
+            ``{"name", "depth" (1-based), "dims", "linear_top1", …}``.
+        """
+        metrics: dict[str, float] = {}
+        for evaluator in self.evaluators.values():
+            metrics.update(evaluator.evaluate(train_x, train_y, test_x, test_y, num_classes,
+                                              seed=seed))
+        for key, size in self.lowshot.items():
+            idx = balanced_subset_indices(train_y, size, seed=0, option=f"--lowshot {key}")
+            for evaluator in self.evaluators.values():
+                scores = evaluator.evaluate(train_x[idx], train_y[idx], test_x, test_y,
+                                            num_classes, seed=seed)
+                metrics.update({f"{name}_{key}": value for name, value in scores.items()
+                                if "top1" in name and "val" not in name})
+        layers: list[dict] = []
+        if self.layer_probe is not None and train_stages is not None:
+            for depth, (name, tr, te) in enumerate(zip(stage_names, train_stages, test_stages), 1):
+                scores = self.layer_probe.evaluate(tr, train_y, te, test_y, num_classes, seed=seed)
+                layers.append({"name": name, "depth": depth, "dims": int(tr.shape[1]), **scores})
+            metrics["layer_best_linear_top1"] = max(r["linear_top1"] for r in layers)
+            metrics["layer_last_linear_top1"] = layers[-1]["linear_top1"]
+        return metrics, layers

@@ -1,0 +1,188 @@
+"""``ssl-bench report``: a Markdown report (``<out>/README.md``) of finished runs
+with the seed-aggregated leaderboard, how the runs were made, their budget and
+the figures (``<out>/figures/*.png``)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ssl_bench import report_figures as rf
+from ssl_bench.errors import DataError
+from ssl_bench.leaderboard import config_name, find_results, leaderboard_markdown, write_leaderboard
+from ssl_bench.plots import save_figure
+from ssl_bench.rundir import atomic_path, atomic_write_text, read_json
+
+BUDGET = ["epochs", "images_seen", "pretrain_images", "eval_train_images", "test_images"]
+
+
+def load_runs(paths: list[str | Path]) -> list[tuple[Path, dict]]:
+    """``(run directory, parsed results.json)`` of every finished run under ``paths``.
+
+    Raises:
+        DataError: as :func:`ssl_bench.leaderboard.find_results`.
+    """
+    return [(p.parent, read_json(p)) for p in find_results(paths)]
+
+
+def first_seeds(runs: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """One run per (task, backbone, dataset): the lowest seed (then the first name)."""
+    chosen: dict[tuple, tuple[Path, dict]] = {}
+    for run, record in sorted(runs, key=lambda r: (r[1].get("seed") or 0, r[0].name)):
+        chosen.setdefault((record.get("task"), record.get("backbone"), record.get("dataset")),
+                          (run, record))
+    return list(chosen.values())
+
+
+def layer_frame(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
+    """One row per (run, probed layer) from results.json ``layers``: dataset, task,
+    backbone, config, seed, layer (name), index (1 = shallowest), linear_top1 (%)."""
+    rows = [{"dataset": r.get("dataset"), "task": r.get("task"), "backbone": r.get("backbone"),
+             "config": config_name(run.name), "seed": r.get("seed"), "layer": layer.get("name"),
+             "index": i, "linear_top1": layer.get("linear_top1")}
+            for run, r in runs for i, layer in enumerate(r.get("layers") or [], start=1)]
+    return pd.DataFrame(rows, columns=["dataset", "task", "backbone", "config", "seed", "layer",
+                                       "index", "linear_top1"])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_")
+
+
+def _task_pictures(runs, figures: Path) -> list[tuple[str, str]]:
+    """Copy each (task, backbone, dataset)'s ``<task>.png`` from its lowest-seed run
+    (results.json ``figures.task``; runs from before that field: ``<task>.png``)."""
+    out = []
+    for run, record in first_seeds(runs):
+        name = (record.get("figures") or {}).get("task", f"{record.get('task')}.png")
+        if not name or not (run / name).is_file():
+            continue
+        target = figures / f"task_{_slug(record['task'])}_{_slug(record['backbone'])}_" \
+                           f"{_slug(record['dataset'])}.png"
+        with atomic_path(target) as tmp:
+            shutil.copyfile(run / name, tmp)
+        out.append((target.name, f"{rf.label(record['task'], record['backbone'])} on "
+                                 f"{record['dataset']}: the task's picture from run `{run.name}` "
+                                 f"(seed {record.get('seed')})."))
+    return out
+
+
+def _projections(runs, figures: Path) -> list[tuple[str, str]]:
+    """A t-SNE grid per dataset of each configuration's test-feature sample."""
+    import torch
+
+    by_dataset: dict[str, list] = {}
+    for run, record in first_seeds(runs):
+        name = record.get("feature_sample")
+        if not name or not (run / name).is_file():
+            continue
+        try:
+            sample = torch.load(run / name, map_location="cpu", weights_only=True)
+            sample["features"], sample["labels"], sample["class_names"]
+        except Exception as exc:  # a corrupt or foreign file: say which one
+            raise DataError(f"cannot read the feature sample {run / name} (a dict of features, "
+                            f"labels, class_names): {exc}") from exc
+        by_dataset.setdefault(record["dataset"], []).append(
+            (rf.label(record["task"], record["backbone"]), sample, run.name))
+    out = []
+    for dataset, items in by_dataset.items():
+        classes = list(items[0][1]["class_names"])
+        fig = rf.projection_grid(
+            [(name, s["features"].float().numpy(), s["labels"].numpy()) for name, s, _ in items],
+            classes, f"{dataset}: t-SNE of frozen test features, coloured by class")
+        target = f"projection_{_slug(dataset)}.png"
+        save_figure(fig, figures / target)
+        out.append((target, f"{dataset}: 2-D t-SNE of ~{len(items[0][1]['labels'])} test images' "
+                            f"features per configuration (lowest seed), coloured by class."))
+    return out
+
+
+def _commands(runs, sweep_commands: list[str]) -> str:
+    lines = []
+    if sweep_commands:
+        lines += ["The sweep command:", "", "```", *sweep_commands, "```", ""]
+    distinct = dict.fromkeys(re.sub(r"--seed[ =]\d+", "--seed N", r.get("command") or "")
+                             for _, r in runs)
+    distinct.pop("", None)
+    if distinct:
+        lines += [f"The {len(distinct)} distinct run command(s) (from each results.json, "
+                  "`--seed N` for the seed):", "", "```", *distinct, "```"]
+    return "\n".join(lines) or "_No run recorded its command._"
+
+
+def _budget(summary: pd.DataFrame) -> str:
+    table = summary[["task", "backbone", "dataset", "n", "seeds",
+                     *[c for c in BUDGET if c in summary]]].copy()
+    table = table.map(lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v))
+                      else f"{v:.0f}" if isinstance(v, float) else v)
+    return table.to_markdown(index=False)
+
+
+def _section(title: str, figures: list[tuple[str, str]], missing: str) -> list[str]:
+    lines = [f"### {title}", ""]
+    for name, caption in figures:
+        lines += [f"![{name}](figures/{name})", "", caption, ""]
+    return lines + ([f"_Not drawn: {missing}_", ""] if not figures else [])
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl-bench report",
+                 sweep_commands: list[str] | None = None) -> Path:
+    """Write ``<out_dir>/README.md``, the leaderboard files
+    (``leaderboard.csv``/``_runs.csv``/``.md``, see
+    :func:`ssl_bench.leaderboard.write_leaderboard`) and ``<out_dir>/figures/*.png``
+    for the finished runs under ``paths``. ``sweep_commands`` are printed verbatim.
+
+    Returns:
+        The README path.
+
+    Raises:
+        DataError: if a path does not exist or holds no finished run.
+    """
+    out_dir = Path(out_dir)
+    figures = out_dir / "figures"
+    runs = load_runs(paths)
+    summary, per_run = write_leaderboard(paths, out_dir / "leaderboard.csv")
+
+    def draw(fig, name: str, caption: str) -> list[tuple[str, str]]:
+        if fig is None:
+            return []
+        save_figure(fig, figures / name)
+        return [(name, caption)]
+
+    bars = draw(rf.leaderboard_bars(summary), "leaderboard_bars.png",
+                "k-NN (k=20) and linear-probe top-1 accuracy (%) per configuration, mean over "
+                "seeds; error bars: 95% Student-t CI (none for a single seed); reference rows "
+                "grey and hatched.")
+    cost = draw(rf.cost_scatter(per_run), "accuracy_vs_cost.png",
+                "Top-1 accuracy (%) of every run against its pretraining cost: wall-clock "
+                "seconds (left) and images seen (right).")
+    layers = draw(rf.layer_curves(layer_frame(runs)), "layer_probes.png",
+                  "Linear-probe top-1 accuracy (%) of each probed layer, shallow to deep, "
+                  "mean over seeds ± 95% CI; dashed: single-layer references.")
+    lines = [f"# {title}", "",
+             f"{len(per_run)} finished runs of {len(summary)} configurations, read from "
+             + ", ".join(f"`{p}`" for p in paths) + ".", "",
+             "## How the runs were made", "", _commands(runs, sweep_commands or []), "",
+             "## Budget", "",
+             "Epochs and images seen are pretraining; pretrain / eval-train / test images "
+             "are the split sizes used.", "", _budget(summary), "",
+             "## Leaderboard", "", leaderboard_markdown(summary),
+             "Files: [leaderboard.csv](leaderboard.csv) (per configuration: mean, std, n and "
+             "95% CI of every metric), [leaderboard_runs.csv](leaderboard_runs.csv) (per run, "
+             "with its command).", "", "## Figures", "",
+             *_section("Leaderboard", bars, "no run recorded k-NN or linear accuracy."),
+             *_section("Accuracy against pretraining cost", cost,
+                       "no run recorded accuracy and cost."),
+             *_section("Probe accuracy against depth", layers,
+                       "no run probed two or more layers (`layers` in results.json)."),
+             *_section("Task pictures", _task_pictures(runs, figures),
+                       "no run saved a task picture."),
+             *_section("Feature projections", _projections(runs, figures),
+                       "no run saved a test-feature sample (`feature_sample`).")]
+    readme = out_dir / "README.md"
+    atomic_write_text(readme, "\n".join(lines).rstrip() + "\n")
+    return readme

@@ -1,0 +1,129 @@
+"""``ssl-bench sweep``: run a grid of configurations, skipping, resuming and
+surviving failures, so one command can be re-issued until the grid is done."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ssl_bench.config import RunConfig, run_name
+from ssl_bench.errors import IncompatibleError
+from ssl_bench.rundir import RESULTS, atomic_write_text
+
+#: Written into a run directory when its run raised an error.
+ERROR_FILE = "error.txt"
+
+
+@dataclass
+class SweepOutcome:
+    """What happened to each run of a sweep (run directory names).
+
+    Attributes:
+        finished: runs completed by this sweep (resumed ones included).
+        resumed: of those, runs continued from an existing directory.
+        skipped: runs that had finished before (``results.json`` present).
+        incompatible: (name, reason) of task/backbone/dataset combinations that
+            cannot work together (e.g. MAE on a CNN); not failures.
+        failed: (name, error message) of runs that raised.
+    """
+
+    finished: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    incompatible: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the terminal: counts, then each failure with its reason."""
+        lines = [f"sweep: {len(self.finished)} finished ({len(self.resumed)} resumed), "
+                 f"{len(self.skipped)} already done, {len(self.incompatible)} incompatible, "
+                 f"{len(self.failed)} failed"]
+        lines += [f"  incompatible {name}: {why}" for name, why in self.incompatible]
+        lines += [f"  FAILED {name}: {why}" for name, why in self.failed]
+        return "\n".join(lines)
+
+
+class Sweep:
+    """Runs configurations one after another.
+
+    For each configuration: a run directory with ``results.json`` is skipped; an
+    existing directory without one (an interrupted or failed run) is continued
+    with ``resume=True`` (training restarts from its last checkpoint); an
+    :class:`~ssl_bench.errors.IncompatibleError` is recorded as incompatible;
+    any other exception is recorded as a failure, its traceback written to
+    ``<run dir>/error.txt``, and the sweep goes on. Ctrl-C (the trainer's
+    :class:`~ssl_bench.train.Interrupted`, or ``KeyboardInterrupt``) stops the
+    sweep after printing the summary so far; re-running the same command
+    continues it.
+
+    Args:
+        configs: the grid, in the order to run it.
+        run: runs one configuration (default :func:`ssl_bench.runner.run_experiment`).
+        log: where progress lines go (default: stderr).
+    """
+
+    def __init__(self, configs: list[RunConfig],
+                 run: Callable[[RunConfig], Any] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        if run is None:
+            from ssl_bench.runner import run_experiment as run
+        self.configs, self.run_one = configs, run
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def run(self) -> SweepOutcome:
+        """Run the grid; returns what happened to each run.
+
+        Raises:
+            Interrupted, KeyboardInterrupt: re-raised after the summary so far.
+        """
+        outcome = SweepOutcome()
+        total = len(self.configs)
+        try:
+            for i, config in enumerate(self.configs, 1):
+                self._run_one(config, f"[{i}/{total}]", outcome)
+        except KeyboardInterrupt:
+            self.log(outcome.summary() + "\nsweep interrupted; run the same command to continue")
+            raise
+        except Exception as exc:
+            from ssl_bench.train import Interrupted
+
+            if isinstance(exc, Interrupted):
+                self.log(outcome.summary() + f"\nsweep interrupted: {exc}")
+            raise
+        self.log(outcome.summary())
+        return outcome
+
+    def _run_one(self, config: RunConfig, step: str, outcome: SweepOutcome) -> None:
+        from ssl_bench.train import Interrupted
+
+        name = run_name(config)
+        run_dir = Path(config.out) / name
+        if (run_dir / RESULTS).exists():
+            outcome.skipped.append(name)
+            self.log(f"{step} {name}: finished before, skipped")
+            return
+        resume = run_dir.exists()
+        self.log(f"{step} {name}: {'resuming' if resume else 'starting'}")
+        try:
+            self.run_one(dataclasses.replace(config, resume=resume, overwrite=False))
+        except Interrupted:
+            raise
+        except IncompatibleError as exc:
+            outcome.incompatible.append((name, str(exc)))
+            self.log(f"{step} {name}: incompatible, skipped: {exc}")
+            return
+        except Exception as exc:  # one failed run must not stop the grid
+            reason = f"{exc.__class__.__name__}: {exc}"
+            outcome.failed.append((name, reason))
+            if run_dir.exists():
+                atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())
+            self.log(f"{step} {name}: FAILED: {reason}")
+            return
+        outcome.finished.append(name)
+        if resume:
+            outcome.resumed.append(name)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
