@@ -32,7 +32,8 @@ def test_task_contract(name, spec):
     task.train()
     if task.pretrains:
         optimizers = task.configure_optimizers(task.default_optim(batch_size=8))
-        logs = task.training_step(images, optimizers)
+        labels = {"labels": torch.randint(0, spec.num_classes, (8,))} if task.uses_labels else {}
+        logs = task.training_step(images, optimizers, **labels)
         assert "loss" in logs and torch.isfinite(torch.as_tensor(float(logs["loss"])))
 
     task.eval()
