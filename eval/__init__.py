@@ -6,11 +6,11 @@ Importing the package registers every built-in evaluator in
 """
 
 from eval.base import Evaluator
-from eval.features import extract_features, extract_features_and_stages, extract_stage_features
+from eval.features import extract_features, extract_features_and_stages
 from eval.knn import KNNEvaluator
 from eval.linear import LinearProbe, validation_split
 from eval.protocol import Protocol, lowshot_sizes
 
 __all__ = ["Evaluator", "KNNEvaluator", "LinearProbe", "Protocol", "extract_features",
-           "extract_features_and_stages", "extract_stage_features", "lowshot_sizes",
+           "extract_features_and_stages", "lowshot_sizes",
            "validation_split"]

@@ -98,43 +98,6 @@ def stage_grid(channels: int, height: int, width: int, max_dims: int = MAX_STAGE
     return max(1, min(height, width, math.isqrt(max_dims // channels)))
 
 
-def extract_stage_features(encode_stages: Callable[[torch.Tensor], list[torch.Tensor]],
-                           images: torch.Tensor, batch_size: int = 512,
-                           device: torch.device = torch.device("cpu"),
-                           autocast_dtype: torch.dtype | None = None,
-                           progress: str | None = None,
-                           max_dims: int = MAX_STAGE_DIMS) -> list[torch.Tensor]:
-    """Encode a whole image split into pooled per-stage features for per-layer probes.
-
-    Each stage map ``(n, C_i, h_i, w_i)`` is adaptive-average-pooled to a
-    g_i × g_i grid with g_i = :func:`stage_grid` ``(C_i, h_i, w_i, max_dims)``
-    and flattened channel-major, giving ``D_i = C_i · g_i²`` features.
-
-    Args:
-        encode_stages: maps float images ``(n, C, H, W)`` in [0, 1] on ``device``
-            to a list of stage maps ``(n, C_i, h_i, w_i)`` (e.g.
-            ``task.feature_stages``).
-        images, batch_size, device, autocast_dtype, progress: as in
-            :func:`extract_features`.
-        max_dims: the bound on each stage's width (see :func:`stage_grid`).
-
-    Returns:
-        One ``float32`` ``(N, D_i)`` CPU tensor per stage.
-
-    Raises:
-        ValueError: as in :func:`extract_features`, or a stage that is not a
-            4-D map.
-    """
-    chunks: list[list[torch.Tensor]] = []
-    for maps in _encode_batches(encode_stages, images, batch_size, device, autocast_dtype,
-                                progress):
-        if any(m.ndim != 4 for m in maps):
-            raise ValueError("encode_stages must return (n, C_i, h_i, w_i) maps, got "
-                             f"{[tuple(m.shape) for m in maps]}")
-        chunks.append([_pool_stage(m, max_dims) for m in maps])
-    return [torch.cat(stage) for stage in zip(*chunks)]
-
-
 def extract_features_and_stages(encode: Callable[[torch.Tensor],
                                                  tuple[torch.Tensor, list[torch.Tensor]]],
                                 images: torch.Tensor, batch_size: int = 512,
@@ -143,6 +106,10 @@ def extract_features_and_stages(encode: Callable[[torch.Tensor],
                                 progress: str | None = None, max_dims: int = MAX_STAGE_DIMS
                                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Pooled features and pooled per-stage features of a split from one pass.
+
+    Each stage map ``(n, C_i, h_i, w_i)`` is adaptive-average-pooled to a
+    g_i × g_i grid with g_i = :func:`stage_grid` ``(C_i, h_i, w_i, max_dims)``
+    and flattened channel-major, giving ``D_i = C_i · g_i²`` features.
 
     Args:
         encode: maps float images ``(n, C, H, W)`` in [0, 1] to features
@@ -156,7 +123,8 @@ def extract_features_and_stages(encode: Callable[[torch.Tensor],
         ``float32`` ``(N, D)`` and one ``float32`` ``(N, D_i)`` per stage, on the CPU.
 
     Raises:
-        ValueError: as in :func:`extract_features` and :func:`extract_stage_features`.
+        ValueError: as in :func:`extract_features`, or ``encode`` returning
+            features that are not ``(n, D)`` or stages that are not 4-D maps.
     """
     features, stages = [], []
     for out, maps in _encode_batches(encode, images, batch_size, device, autocast_dtype,

@@ -44,7 +44,7 @@ def lowshot_sizes(percents: tuple[float, ...] | list[float], train_split_images:
 
     ``round(p / 100 · train_split_images)`` for each p; percentages that give
     fewer than :data:`MIN_LOWSHOT_PER_CLASS` labels per class are left out
-    (e.g. 1 % of the 1,437-image digits split).
+    (e.g. 1 % of the 1,347-image digits train split).
 
     Args:
         percents: p values in (0, 100].

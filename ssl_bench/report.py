@@ -122,6 +122,15 @@ def _budget(summary: pd.DataFrame) -> str:
     return table.to_markdown(index=False)
 
 
+def _compute(per_run: pd.DataFrame) -> str:
+    """One sentence: pretraining and evaluation wall-clock minutes summed over runs."""
+    train = pd.to_numeric(per_run.get("train_seconds"), errors="coerce").sum() / 60
+    evaluation = pd.to_numeric(per_run.get("eval_seconds"), errors="coerce").sum() / 60
+    return (f"Compute, summed over the {len(per_run)} runs' own wall-clock (results.json "
+            f"`cost`): {train:.1f} min of pretraining and {evaluation:.1f} min of feature "
+            "extraction and evaluation.")
+
+
 def _section(title: str, figures: list[tuple[str, str]], missing: str) -> list[str]:
     lines = [f"### {title}", ""]
     for name, caption in figures:
@@ -169,7 +178,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl
              "## How the runs were made", "", _commands(runs, sweep_commands or []), "",
              "## Budget", "",
              "Epochs and images seen are pretraining; pretrain / eval-train / test images "
-             "are the split sizes used.", "", _budget(summary), "",
+             "are the split sizes used.", "", _budget(summary), "", _compute(per_run), "",
              "## Leaderboard", "", leaderboard_markdown(summary),
              "Files: [leaderboard.csv](leaderboard.csv) (per configuration: mean, std, n and "
              "95% CI of every metric), [leaderboard_runs.csv](leaderboard_runs.csv) (per run, "

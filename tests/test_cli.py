@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ssl_bench.cli import main
 
@@ -35,6 +36,10 @@ def _error(capsys, argv) -> str:
     (["run", "--task", "random-init", "--device", "tpu"], "--device must be"),
     (["run", "--task", "random-init", "--evaluators", "svm"], "unknown evaluator 'svm'"),
     (["leaderboard", "/nonexistent/runs"], "does not exist"),
+    (["run", "--task", "random-init", "--lowshot", "150"], "--lowshot 150 is not valid"),
+    (["run", "--task", "random-init", "--eval-train-subset", "100"],
+     "--lowshot 10 needs 135 labelled images"),
+    (["run", "--task", "random-init", "--test-subset", "99999"], "--test-subset must give"),
 ])
 def test_bad_input_is_one_clear_line(capsys, tmp_path, argv, expected):
     err = _error(capsys, [*argv, *(["--out", str(tmp_path)] if argv[0] == "run" else [])])
@@ -43,16 +48,26 @@ def test_bad_input_is_one_clear_line(capsys, tmp_path, argv, expected):
 
 def test_random_init_run_then_leaderboard(capsys, tmp_path):
     out = tmp_path / "runs"
-    assert main(["run", "--task", "random-init", "--dataset", "digits", "--out", str(out)]) == 0
-    run = out / "random-init-convnet-digits-s0"
+    # the default protocol (per-layer probes, low-shot) at narrow layer features, for speed
+    fast = ["--layer-dims", "256"]
+    assert main(["run", "--task", "random-init", "--dataset", "digits", "--out", str(out),
+                 *fast]) == 0
+    (run,) = out.iterdir()
     results = json.loads((run / "results.json").read_text())
     assert results["epochs"] == 0 and results["command"].startswith("ssl-bench run --task random-init")
     assert results["metrics"]["knn_top1_k20"] > 50  # random conv features beat 10% chance on digits
     assert {"config.yaml", "results.json"} <= {p.name for p in run.iterdir()}
+    # per-layer probes and 10% low-shot (1% of digits is too few labels)
+    assert [layer["name"] for layer in results["layers"]] == ["stage1", "stage2", "stage3",
+                                                              "stage4"]
+    assert results["layer_best"] in {"stage1", "stage2", "stage3", "stage4"}
+    assert results["lowshot_labels"] == {"10pct": 135}
+    assert results["metrics"]["linear_top1_10pct"] > 50
 
     # a finished run is never overwritten by accident
-    assert "exists (finished)" in _error(capsys, ["run", "--task", "random-init", "--out", str(out)])
-    assert main(["run", "--task", "random-init", "--out", str(out), "--resume"]) == 0
+    assert "exists (finished)" in _error(capsys, ["run", "--task", "random-init", "--out", str(out),
+                                                  *fast])
+    assert main(["run", "--task", "random-init", "--out", str(out), "--resume", *fast]) == 0
 
     csv = tmp_path / "lb.csv"
     assert main(["leaderboard", str(out), "-o", str(csv)]) == 0
@@ -62,7 +77,7 @@ def test_random_init_run_then_leaderboard(capsys, tmp_path):
 def test_denoising_run_writes_every_file(tmp_path):
     out = tmp_path / "runs"
     argv = ["run", "--task", "denoising", "--epochs", "1", "--train-subset", "256",
-            "--batch-size", "64", "--out", str(out), "--evaluators", "knn"]
+            "--batch-size", "64", "--out", str(out), "--evaluators", "knn", "--no-layer-probes"]
     assert main(argv) == 0
     (run,) = out.iterdir()
     assert run.name.startswith("denoising-convnet-digits-s0-")  # non-default budget → hashed name
@@ -73,6 +88,10 @@ def test_denoising_run_writes_every_file(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["images_seen"] == 4 * 64 and results["cost"]["train_images_per_s"] > 0
     assert "psnr_db" in results["pretext"]
+    assert results["layers"] == [] and results["layer_best"] is None
+    sample = torch.load(run / results["feature_sample"], weights_only=False)
+    assert sample["features"].shape == (results["test_images"], 256)
+    assert sample["labels"].shape == (results["test_images"],)
 
 
 def test_list_shows_every_kind(capsys):

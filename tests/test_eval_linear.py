@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.features import extract_features, extract_stage_features, stage_grid
+from eval.features import extract_features, extract_features_and_stages, stage_grid
 from eval.linear import LinearClassifiers, LinearProbe, validation_split
 from ssl_bench.errors import DataError, OptionError, SslBenchError
 from ssl_bench.registry import EVALUATORS, load_builtins
@@ -247,14 +247,16 @@ def test_stage_grid_keeps_stage_features_at_most_4096_wide(shape, grid):
         assert shape[0] * grid ** 2 <= 4096
 
 
-def test_extract_stage_features_pools_each_stage():
+def test_extract_features_and_stages_pools_each_stage():
     images = uint8_images(n=6, size=16)
 
-    def encode_stages(x):  # a 24-channel 16×16 map and a 1800-channel 4×4 map
-        return [x.repeat(1, 8, 1, 1), x[:, :, :4, :4].repeat(1, 600, 1, 1)]
+    def encode(x):  # pooled features, a 24-channel 16×16 map and a 1800-channel 4×4 map
+        return x.mean(dim=(2, 3)), [x.repeat(1, 8, 1, 1), x[:, :, :4, :4].repeat(1, 600, 1, 1)]
 
-    first, second = extract_stage_features(encode_stages, images, batch_size=4, max_dims=1200)
+    pooled, (first, second) = extract_features_and_stages(encode, images, batch_size=4,
+                                                          max_dims=1200)
     x = images.float().div(255)
+    assert torch.allclose(pooled, x.mean(dim=(2, 3)))
     # 24 · 7² = 1176 ≤ 1200; 1800 channels alone exceed 1200, so the map is averaged globally.
     assert torch.allclose(first, F.adaptive_avg_pool2d(x.repeat(1, 8, 1, 1), 7).flatten(1))
     assert torch.allclose(second, x[:, :, :4, :4].mean(dim=(2, 3)).repeat(1, 600))

@@ -43,7 +43,8 @@ def test_pretext_training_step(benchmark, name):
     task.train()
     images = torch.rand(BATCH, 3, 32, 32)
     optimizers = task.configure_optimizers(task.default_optim(BATCH))
-    logs = benchmark(task.training_step, images, optimizers)
+    labels = {"labels": torch.randint(0, 10, (BATCH,))} if task.uses_labels else {}
+    logs = benchmark(task.training_step, images, optimizers, **labels)
     assert torch.isfinite(torch.as_tensor(float(logs["loss"])))
     _record(benchmark, task=name, backbone=backbone)
 
