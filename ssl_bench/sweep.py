@@ -13,6 +13,7 @@ from typing import Any, Callable
 from ssl_bench.config import RunConfig, run_name
 from ssl_bench.errors import IncompatibleError
 from ssl_bench.rundir import RESULTS, atomic_write_text
+from ssl_bench.train import Interrupted
 
 #: Written into a run directory when its run raised an error.
 ERROR_FILE = "error.txt"
@@ -88,18 +89,13 @@ class Sweep:
         except KeyboardInterrupt:
             self.log(outcome.summary() + "\nsweep interrupted; run the same command to continue")
             raise
-        except Exception as exc:
-            from ssl_bench.train import Interrupted
-
-            if isinstance(exc, Interrupted):
-                self.log(outcome.summary() + f"\nsweep interrupted: {exc}")
+        except Interrupted as exc:
+            self.log(outcome.summary() + f"\nsweep interrupted: {exc}")
             raise
         self.log(outcome.summary())
         return outcome
 
     def _run_one(self, config: RunConfig, step: str, outcome: SweepOutcome) -> None:
-        from ssl_bench.train import Interrupted
-
         name = run_name(config)
         run_dir = Path(config.out) / name
         if (run_dir / RESULTS).exists():

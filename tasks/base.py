@@ -144,16 +144,18 @@ class PretextTask(nn.Module):
         """
         raise NotImplementedError
 
-    def training_step(self, images: torch.Tensor,
-                      optimizers: list[torch.optim.Optimizer]) -> Logs:
+    def training_step(self, images: torch.Tensor, optimizers: list[torch.optim.Optimizer],
+                      **targets: torch.Tensor) -> Logs:
         """One optimization step on a batch; returns values to log (``loss`` first).
 
         The default serves single-optimizer tasks. Tasks with several optimizers
         (the context encoder's discriminator) override it and step each one.
+        ``targets`` (``labels``, ``int64`` ``(N,)``) reach :meth:`loss` only for
+        tasks that set ``uses_labels``; the trainer passes none to the others.
         """
         (optimizer,) = optimizers
         optimizer.zero_grad(set_to_none=True)
-        loss, logs = self.loss(images)
+        loss, logs = self.loss(images, **targets)
         loss.backward()
         optimizer.step()
         return {"loss": loss.detach(), **logs}

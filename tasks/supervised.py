@@ -24,8 +24,8 @@ class Supervised(PretextTask):
     horizontal flips are its augmentation. After training the head is
     dropped; features are the pooled backbone output, as for every other row.
 
-    The trainer passes ``labels`` to :meth:`training_step` because
-    :attr:`uses_labels` is set; no other task sees labels.
+    The trainer passes ``labels`` to :meth:`training_step` (and so to
+    :meth:`loss`) because :attr:`uses_labels` is set; no other task sees labels.
     """
 
     name = "supervised"
@@ -60,13 +60,3 @@ class Supervised(PretextTask):
         logits = self.head(self.backbone(self.normalize(images)))
         top1 = (logits.argmax(dim=1) == labels).float().mean() * 100.0
         return F.cross_entropy(logits, labels), {"train_top1": top1.detach()}
-
-    def training_step(self, images: torch.Tensor, optimizers: list[torch.optim.Optimizer],
-                      labels: torch.Tensor | None = None) -> Logs:
-        """One SGD step on a labelled batch (``labels`` ``int64`` ``(N,)``)."""
-        (optimizer,) = optimizers
-        optimizer.zero_grad(set_to_none=True)
-        loss, logs = self.loss(images, labels)
-        loss.backward()
-        optimizer.step()
-        return {"loss": loss.detach(), **logs}
