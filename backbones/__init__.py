@@ -1,5 +1,8 @@
 """The shared backbones: built by name for a given image size and channel count.
 
+Every module of this package may register backbones in
+:data:`ssl_bench.core.registry.BACKBONES`; the registry imports them on first use.
+
 ``convnet`` (a small CPU CNN), ``resnet18`` (timm, small-image stem for ≤ 64 px),
 ``vit_tiny`` (timm, patch size suited to the image) and ``timm:<name>`` for any
 timm model. All are :class:`~backbones.base.Backbone` instances.
@@ -9,10 +12,9 @@ from __future__ import annotations
 
 import inspect
 
-from backbones import convnet, timm_backbones  # noqa: F401  (register the built-ins)
 from backbones.base import Backbone
-from ssl_bench.errors import OptionError
-from ssl_bench.registry import BACKBONES
+from ssl_bench.core.errors import OptionError
+from ssl_bench.core.registry import BACKBONES
 
 TIMM_PREFIX = "timm:"
 
@@ -40,7 +42,9 @@ def build_backbone(name: str, in_chans: int, img_size: int, width_multiplier: fl
         IncompatibleError: a size or width the backbone cannot be built at.
     """
     if name.startswith(TIMM_PREFIX):
-        return timm_backbones.timm_backbone(name[len(TIMM_PREFIX):], in_chans, img_size,
+        from backbones.timm_backbones import timm_backbone
+
+        return timm_backbone(name[len(TIMM_PREFIX):], in_chans, img_size,
                                             width_multiplier, **options)
     factory = BACKBONES.get(name)
     params = inspect.signature(factory).parameters

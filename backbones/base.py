@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_bench.core.errors import IncompatibleError
+
 
 class Backbone(nn.Module):
     """An image encoder with pooled, spatial and per-stage outputs.
@@ -39,6 +41,33 @@ class Backbone(nn.Module):
             the last is :meth:`feature_map`.
         """
         raise NotImplementedError
+
+    @torch.no_grad()
+    def feature_map_shape(self, img_size: int | None = None) -> tuple[int, int, int]:
+        """The shape ``(C', h, w)`` of :meth:`feature_map` for ``(N, in_chans, img_size,
+        img_size)`` inputs (default: the side it was built for), from one forward pass
+        on zeros in eval mode, so BatchNorm statistics stay untouched and no random
+        number is drawn; the training mode is restored afterwards.
+
+        Raises:
+            IncompatibleError: if the backbone cannot process inputs of that size
+                (e.g. a timm CNN that downsamples an 8 px jigsaw tile below 1 px).
+        """
+        img_size = img_size or self.img_size
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters(), torch.empty(0)).device
+            fmap = self.feature_map(torch.zeros(2, self.in_chans, img_size, img_size,
+                                                device=device))
+        except RuntimeError as exc:
+            raise IncompatibleError(
+                f"the backbone cannot process {img_size}×{img_size} inputs with {self.in_chans} "
+                f"channels ({exc}); use larger images (--image-size) or another backbone"
+            ) from None
+        finally:
+            self.train(was_training)
+        return tuple(fmap.shape[1:])
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The deepest spatial features ``(N, feature_channels, h, w)`` (decoders use it)."""

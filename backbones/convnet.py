@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from backbones.base import Backbone
-from ssl_bench.registry import BACKBONES
+from ssl_bench.core.registry import BACKBONES
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:

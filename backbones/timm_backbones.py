@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from backbones.base import Backbone
-from ssl_bench.errors import IncompatibleError, OptionError, UnknownNameError
-from ssl_bench.registry import BACKBONES
+from ssl_bench.core.errors import IncompatibleError, OptionError, UnknownNameError
+from ssl_bench.core.registry import BACKBONES
 
 SMALL_IMAGE_MAX_SIDE = 64  # inputs up to this side get the CIFAR-style ResNet stem
 

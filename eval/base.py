@@ -3,9 +3,8 @@ named metrics out.
 
 An evaluator never sees the pretext task or the images, only cached features
 (``float32`` ``(N, D)`` on the CPU) and ``int64`` class labels, so every task is
-scored by the same protocol. To add one, subclass :class:`Evaluator` in a module
-of this package, register it with ``@EVALUATORS.register("name")`` and import the
-module in ``eval/__init__.py``.
+scored by the same protocol. To add one, subclass :class:`Evaluator` in a new
+module of this package and register it with ``@EVALUATORS.register("name")``.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ssl_bench.errors import OptionError, SslBenchError
+from ssl_bench.core.errors import OptionError, SslBenchError
 
 
 class Evaluator(abc.ABC):
@@ -24,7 +23,7 @@ class Evaluator(abc.ABC):
     :class:`ssl_bench.errors.OptionError` for bad values.
 
     Class attributes:
-        name: the ``--evaluators`` name.
+        name: the ``--evaluators`` name (set by ``@EVALUATORS.register``).
     """
 
     name: ClassVar[str] = ""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssl_bench.data import to_float
+from ssl_bench.core.images import to_float
 
 Out = TypeVar("Out")
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from eval.base import Evaluator, as_tuple, check_inputs, topk_correct
-from ssl_bench.errors import OptionError
-from ssl_bench.registry import EVALUATORS
+from ssl_bench.core.errors import OptionError
+from ssl_bench.core.registry import EVALUATORS
 
 
 @EVALUATORS.register("knn")
@@ -39,7 +39,6 @@ class KNNEvaluator(Evaluator):
         OptionError: an empty ``ks``, a k < 1, τ ≤ 0, or a value that is not a number.
     """
 
-    name = "knn"
 
     def __init__(self, ks: int | tuple[int, ...] | list[int] = (20, 200),
                  temperature: float = 0.07) -> None:

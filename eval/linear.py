@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eval.base import Evaluator, as_tuple, check_inputs, topk_correct
-from ssl_bench.errors import DataError, OptionError
-from ssl_bench.registry import EVALUATORS
+from ssl_bench.core.errors import DataError, OptionError
+from ssl_bench.core.registry import EVALUATORS
 
 
 def validation_split(labels: torch.Tensor, fraction: float,
@@ -143,7 +143,6 @@ class LinearProbe(Evaluator):
             a number).
     """
 
-    name = "linear"
 
     def __init__(self, epochs: int = 30, min_steps: int = 1000, batch_size: int = 512,
                  lrs: float | tuple[float, ...] | list[float] = (0.01, 0.1, 1.0),

@@ -26,8 +26,8 @@ import torch
 
 from eval.base import Evaluator
 from eval.linear import LinearProbe
-from ssl_bench.data import balanced_subset_indices
-from ssl_bench.errors import OptionError
+from ssl_bench.core.subsets import balanced_subset_indices
+from ssl_bench.core.errors import OptionError
 
 #: Fewest labels per class for a low-shot evaluation (its validation split needs some).
 MIN_LOWSHOT_PER_CLASS = 10

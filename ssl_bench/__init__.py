@@ -1,9 +1,10 @@
 """ssl-bench: a benchmark suite for self-supervised pretext tasks.
 
-The harness lives here: command line (:mod:`ssl_bench.cli`), registries
-(:mod:`ssl_bench.registry`), datasets (:mod:`ssl_bench.data`), the training loop
-(:mod:`ssl_bench.train`), run directories (:mod:`ssl_bench.rundir`) and the
-leaderboard (:mod:`ssl_bench.leaderboard`).
+Layers, bottom up: :mod:`ssl_bench.core` (errors, registries, data spec, image
+helpers, atomic run-directory I/O, figures) imports nothing else of the project;
+``backbones``, ``eval`` and ``tasks`` build on it; the harness in this package
+(``cli``, ``config``, ``build``, ``datasets``, ``train``, ``runner``, ``sweep``,
+``leaderboard``, ``report``) sits on top and is the only layer that knows them all.
 """
 
 __version__ = "0.1.0"

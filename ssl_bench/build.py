@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from backbones import Backbone, build_backbone
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError
-from ssl_bench.registry import TASKS, load_builtins
+from ssl_bench.core.errors import IncompatibleError
+from ssl_bench.core.registry import TASKS
+from ssl_bench.core.spec import DataSpec
 from tasks.base import PretextTask, options_from_strings
 
 
@@ -49,7 +49,6 @@ def build_task(task: str, backbone: str, spec: DataSpec, task_options: dict[str,
         OptionError: bad task or backbone option.
         IncompatibleError: a task/backbone pair that cannot work (the task says why).
     """
-    load_builtins()
     cls = TASKS.get(task)
     options = options_from_strings(cls.Options, dict(task_options or {}))
     factory = BackboneFactory(backbone, spec, backbone_options)

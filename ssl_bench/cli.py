@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
-from ssl_bench.errors import OptionError, SslBenchError
+from ssl_bench.config import RunConfig
+from ssl_bench.core.errors import Interrupted, OptionError, SslBenchError
+
+
+def _default(setting: str):
+    """The default of a :class:`RunConfig` setting: the CLI never restates one."""
+    f = next(f for f in dataclasses.fields(RunConfig) if f.name == setting)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
@@ -24,12 +32,12 @@ def _add_run_parser(sub) -> None:
                        description="Pretrain a backbone with a pretext task, then score its frozen "
                                    "features with k-NN and a linear probe; writes a run directory.")
     p.add_argument("--task", required=True, help="pretext task (see `ssl-bench list`)")
-    p.add_argument("--backbone", default="convnet",
-                   help="convnet | resnet18 | vit_tiny | timm:<name> (default: convnet)")
-    p.add_argument("--dataset", default="digits",
+    p.add_argument("--backbone", default=_default("backbone"),
+                   help="convnet | resnet18 | vit_tiny | timm:<name> (default: %(default)s)")
+    p.add_argument("--dataset", default=_default("dataset"),
                    help="digits (embedded, offline) | mnist | fashion-mnist | cifar10 | cifar100 | "
-                        "svhn | stl10 | imagefolder:<path> (default: digits)")
-    p.add_argument("--seed", type=int, default=0)
+                        "svhn | stl10 | imagefolder:<path> (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--name", help="run directory name (default: <task>-<backbone>-<dataset>-s<seed>"
                                   "[-<hash of non-default settings>])")
     resume = p.add_mutually_exclusive_group()
@@ -42,8 +50,10 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``sweep``: data, budget, optimizer, evaluation."""
     p.add_argument("--data-root", help="folder with an existing copy of the dataset")
     p.add_argument("--image-size", type=int, help="resize images to this side in pixels")
-    p.add_argument("--epochs", type=int, default=20, help="pretraining epochs (default: 20)")
-    p.add_argument("--batch-size", type=int, default=128, help="pretraining batch (default: 128)")
+    p.add_argument("--epochs", type=int, default=_default("epochs"),
+                   help="pretraining epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=_default("batch_size"),
+                   help="pretraining batch (default: %(default)s)")
     p.add_argument("--train-subset", type=int,
                    help="pretrain on a fixed, seeded subset of N train images")
     p.add_argument("--eval-train-subset", type=int,
@@ -52,16 +62,19 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=int,
                    help="score on a fixed class-balanced subset of N test images "
                         "(the same for every run; default: the whole test split)")
-    p.add_argument("--lowshot", type=float, nargs="*", default=[1.0, 10.0], metavar="PERCENT",
+    p.add_argument("--lowshot", type=float, nargs="*", default=_default("lowshot"),
+                   metavar="PERCENT",
                    help="low-shot evaluation with these percentages of the train split's labels "
-                        "(default: 1 10; none: off)")
+                        "(default: %(default)s; none: off)")
     p.add_argument("--no-layer-probes", action="store_true",
                    help="skip the linear probe of every backbone stage")
-    p.add_argument("--layer-dims", type=int, default=4096,
+    p.add_argument("--layer-dims", type=int, default=_default("layer_dims"),
                    help="pool each stage to at most this many features for its probe "
-                        "(default: 4096)")
-    p.add_argument("--out", default="runs", help="parent folder of run directories (default: runs)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+                        "(default: %(default)s)")
+    p.add_argument("--out", default=_default("out"),
+                   help="parent folder of run directories (default: %(default)s)")
+    p.add_argument("--device", default=_default("device"),
+                   help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="task_options",
                    help="override a task hyperparameter (repeatable; `ssl-bench list` shows them)")
     p.add_argument("--backbone-opt", action="append", metavar="KEY=VALUE",
@@ -72,12 +85,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                                             "keep their ratio to it)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--evaluators", nargs="+", default=["knn", "linear"],
-                   help="evaluators on frozen features (default: knn linear)")
-    p.add_argument("--eval-batch-size", type=int, default=512)
-    p.add_argument("--pretext-eval-images", type=int, default=2048,
+    p.add_argument("--evaluators", nargs="+", default=_default("evaluators"),
+                   help="evaluators on frozen features (default: %(default)s)")
+    p.add_argument("--eval-batch-size", type=int, default=_default("eval_batch_size"))
+    p.add_argument("--pretext-eval-images", type=int, default=_default("pretext_eval_images"),
                    help="size of the fixed, seeded test subset for held-out pretext "
-                        "metrics (default: 2048)")
+                        "metrics (default: %(default)s)")
     p.add_argument("--no-download", action="store_true",
                    help="never download; fail if the dataset is not under --data-root")
 
@@ -90,8 +103,8 @@ def _add_sweep_parser(sub) -> None:
                     "task/backbone pairs that cannot work together are reported and skipped, "
                     "and a failed run does not stop the sweep; a summary ends it.")
     p.add_argument("--tasks", nargs="+", required=True, help="pretext tasks (and references)")
-    p.add_argument("--backbones", nargs="+", default=["convnet"])
-    p.add_argument("--datasets", nargs="+", default=["digits"])
+    p.add_argument("--backbones", nargs="+", default=[_default("backbone")])
+    p.add_argument("--datasets", nargs="+", default=[_default("dataset")])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     _add_settings(p)
 
@@ -99,8 +112,6 @@ def _add_sweep_parser(sub) -> None:
 def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
     """A :class:`RunConfig` from the shared settings plus ``names`` (task, backbone, …)."""
     import yaml
-
-    from ssl_bench.config import RunConfig
 
     backbone_options = {k: yaml.safe_load(v) for k, v in
                         _key_values(args.backbone_opt, "--backbone-opt").items()}
@@ -157,20 +168,17 @@ def _show(value) -> str:
 
 
 def _list(_: argparse.Namespace, __: list[str]) -> int:
-    import dataclasses
-
     from backbones import backbone_names
-    from ssl_bench.data import dataset_names
-    from ssl_bench.registry import EVALUATORS, TASKS, load_builtins
+    from ssl_bench.core.registry import EVALUATORS, TASKS
+    from ssl_bench.datasets import dataset_names
 
-    load_builtins()
     print("tasks:")
     for name, cls in TASKS.items():
-        print(f"  {name:18s} {cls.paper}")
-        if dataclasses.is_dataclass(cls.Options):
-            defaults = cls.Options()
-            opts = ", ".join(f"{f.name}={_show(getattr(defaults, f.name))}"
-                             for f in dataclasses.fields(cls.Options))
+        print(f"  {name:18s} {cls.paper}" + (" [reference row]" if cls.reference else ""))
+        defaults = cls.Options()
+        opts = ", ".join(f"{f.name}={_show(getattr(defaults, f.name))}"
+                         for f in dataclasses.fields(defaults))
+        if opts:
             print(f"  {'':18s} --set {opts}")
     print("backbones:\n  " + "\n  ".join(backbone_names()))
     print("datasets:\n  " + "\n  ".join(dataset_names()))
@@ -239,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:
-        from ssl_bench.train import Interrupted
-
         print(f"error: {exc}", file=sys.stderr)
         return 130 if isinstance(exc, Interrupted) else 2
     except KeyboardInterrupt:

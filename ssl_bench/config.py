@@ -9,11 +9,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ssl_bench.errors import OptionError
+from ssl_bench.core.errors import OptionError
 
-# Settings that name a run directory rather than change what is measured.
-_NOT_IN_HASH = {"task", "backbone", "dataset", "seed", "data_root", "out", "device", "resume",
-                "overwrite", "download", "name", "command", "eval_batch_size"}
+# Settings that say where a run is stored, how it is launched or shown: not what it measures.
+NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
+                "eval_batch_size"}
+# The run directory's name spells these out; its hash covers the other measured settings.
+_NAMED = {"task", "backbone", "dataset", "seed"}
 
 
 @dataclass
@@ -109,7 +111,7 @@ def run_name(config: RunConfig) -> str:
         return config.name
     defaults = RunConfig()
     changed = {k: v for k, v in config.to_dict().items()
-               if k not in _NOT_IN_HASH and v != getattr(defaults, k)}
+               if k not in NOT_MEASURED | _NAMED and v != getattr(defaults, k)}
     dataset = re.sub(r"[^A-Za-z0-9_.]+", "_", config.dataset.replace("imagefolder:", "folder-")
                      .rstrip("/")).strip("_")[-40:]
     backbone = config.backbone.replace("timm:", "timm_").replace("/", "_")
@@ -118,3 +120,17 @@ def run_name(config: RunConfig) -> str:
         digest = hashlib.sha1(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()
         name += f"-{digest[:8]}"
     return name
+
+
+def config_id(settings: dict[str, Any]) -> str:
+    """The id of a configuration: 12 hex digits of a hash of every measured setting
+    except the seed, so the seeds of one configuration share it and any other
+    difference (task, backbone, dataset, budget, a resolved task option, an
+    optimizer setting) gives another.
+
+    Args:
+        settings: resolved settings as recorded in ``results.json`` ``config``
+            (``RunConfig`` fields with the task's resolved options and optimizers).
+    """
+    measured = {k: v for k, v in settings.items() if k not in NOT_MEASURED and k != "seed"}
+    return hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]

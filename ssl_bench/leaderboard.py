@@ -1,59 +1,36 @@
 """The leaderboard: one row per finished run from ``runs/*/results.json``, and one
-row per configuration with the mean, spread and confidence interval over its seeds."""
+row per configuration with the mean, spread and confidence interval over its seeds.
+
+Everything comes from the fields each ``results.json`` records: its identity
+(task, backbone, dataset, seed, ``config_id``, ``reference``), its budget, and
+every metric it has (any evaluator, any low-shot percentage, any probed layer,
+held-out pretext metrics, cost). Nothing is decoded from directory names and no
+metric column is hard-coded.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ssl_bench.errors import DataError, OptionError
-from ssl_bench.rundir import RESULTS, atomic_path, atomic_write_text, read_json
+from ssl_bench.core.errors import DataError, OptionError
+from ssl_bench.core.rundir import RESULTS, atomic_path, atomic_write_text, read_json
 
-# (column, path into results.json); the order is the per-run table's.
-COLUMNS = [
-    ("task", ("task",)), ("backbone", ("backbone",)), ("dataset", ("dataset",)), ("seed", ("seed",)),
-    ("epochs", ("epochs",)), ("batch_size", ("batch_size",)), ("images_seen", ("images_seen",)),
-    ("steps", ("steps",)), ("pretrain_images", ("pretrain_images",)),
-    ("eval_train_images", ("eval_train_images",)), ("test_images", ("test_images",)),
-    ("knn_top1_k20", ("metrics", "knn_top1_k20")), ("knn_top5_k20", ("metrics", "knn_top5_k20")),
-    ("knn_top1_k200", ("metrics", "knn_top1_k200")), ("knn_top5_k200", ("metrics", "knn_top5_k200")),
-    ("linear_top1", ("metrics", "linear_top1")), ("linear_top5", ("metrics", "linear_top5")),
-    ("linear_val_top1", ("metrics", "linear_val_top1")),
-    ("knn_top1_k20_1pct", ("metrics", "knn_top1_k20_1pct")),
-    ("linear_top1_1pct", ("metrics", "linear_top1_1pct")),
-    ("knn_top1_k20_10pct", ("metrics", "knn_top1_k20_10pct")),
-    ("linear_top1_10pct", ("metrics", "linear_top1_10pct")),
-    ("layer_best", ("layer_best",)),
-    ("layer_best_linear_top1", ("metrics", "layer_best_linear_top1")),
-    ("layer_last_linear_top1", ("metrics", "layer_last_linear_top1")),
-    ("backbone_params", ("cost", "backbone_params")), ("task_params", ("cost", "task_params")),
-    ("backbone_gflops_per_image", ("cost", "backbone_gflops_per_image")),
-    ("train_seconds", ("cost", "train_seconds")),
-    ("train_images_per_s", ("cost", "train_images_per_s")),
-    ("eval_seconds", ("cost", "eval_seconds")),
-]
-# A configuration: the run without its seed (the run name with ``-s<seed>`` removed).
-GROUP = ["task", "backbone", "dataset", "config"]
-# Settings every seed of a configuration shares; the aggregate keeps the first run's.
+IDENTITY = ["task", "backbone", "dataset", "seed", "config_id", "reference"]
+# A configuration: every measured setting but the seed (results.json ``config_id``).
+GROUP = ["task", "backbone", "dataset", "config_id"]
+# Budget and model facts that every seed of a configuration shares.
 SETTINGS = ["epochs", "batch_size", "images_seen", "steps", "pretrain_images",
-            "eval_train_images", "test_images", "backbone_params", "task_params",
-            "backbone_gflops_per_image"]
-# Measured per run and aggregated over seeds (plus every ``pretext_*`` column).
-METRICS = ["knn_top1_k20", "knn_top5_k20", "knn_top1_k200", "knn_top5_k200", "linear_top1",
-           "linear_top5", "linear_val_top1", "knn_top1_k20_1pct", "linear_top1_1pct",
-           "knn_top1_k20_10pct", "linear_top1_10pct", "layer_best_linear_top1",
-           "layer_last_linear_top1", "train_seconds", "train_images_per_s", "eval_seconds"]
-# The readable Markdown table: (metric, header, decimals).
-MAIN = [("knn_top1_k20", "k-NN top-1 (%)", 1), ("linear_top1", "linear top-1 (%)", 1),
-        ("linear_top1_1pct", "linear top-1, 1% labels (%)", 1),
-        ("linear_top1_10pct", "linear top-1, 10% labels (%)", 1),
-        ("layer_best_linear_top1", "best layer, linear top-1 (%)", 1),
-        ("train_seconds", "train (s)", 0)]
+            "eval_train_images", "test_images"]
+COST_SETTINGS = ["backbone_params", "task_params", "backbone_gflops_per_image", "feature_dim"]
+TAIL = ["run", "command"]
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -73,47 +50,63 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def _get(record: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(record, dict) or key not in record:
-            return None
-        record = record[key]
-    return record
+def _numbers(values: dict | None, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in (values or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def config_name(run_name: str) -> str:
-    """The configuration a run belongs to: its directory name
-    ``<task>-<backbone>-<dataset>-s<seed>[-<8 hex hash>]`` without ``-s<seed>``
-    (a name in another form is its own configuration)."""
-    return re.sub(r"-s\d+(?=(-[0-9a-f]{8})?$)", "", run_name, count=1)
+def run_row(record: dict, run: str) -> dict:
+    """One leaderboard row from a parsed ``results.json``: :data:`IDENTITY`,
+    :data:`SETTINGS`, then every recorded metric — ``metrics``, ``pretext_<key>``,
+    ``layer_<name>_linear_top1`` and ``layer_best`` — and the cost. A run without a
+    ``config_id`` (written before it existed) is a configuration of its own."""
+    cost = record.get("cost") or {}
+    row = {"task": record.get("task"), "backbone": record.get("backbone"),
+           "dataset": record.get("dataset"), "seed": record.get("seed"),
+           "config_id": record.get("config_id") or f"run:{run}",
+           "reference": bool(record.get("reference", False))}
+    row.update({k: record.get(k) for k in SETTINGS})
+    row.update({k: cost.get(k) for k in COST_SETTINGS})
+    row.update(_numbers(record.get("metrics")))
+    row.update(_numbers(record.get("pretext"), "pretext_"))
+    for layer in record.get("layers") or []:
+        row[f"layer_{layer.get('name')}_linear_top1"] = layer.get("linear_top1")
+    row["layer_best"] = record.get("layer_best")
+    row.update({k: v for k, v in _numbers(cost).items() if k not in COST_SETTINGS})
+    return {**row, "run": run, "command": record.get("command", "")}
 
 
 def leaderboard_frame(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per run: the :data:`COLUMNS`, then held-out pretext metrics
-    (``pretext_*``), then ``config`` (see :func:`config_name`), ``run`` (directory
-    name) and ``command``. Sorted by dataset, backbone, k-NN top-1 (desc).
-    Accuracies are in %, seconds are wall-clock, images/s over the training loop;
-    a metric the run did not record is NaN/None.
+    """One row per run (:func:`run_row`), columns in the order first seen, sorted by
+    dataset, backbone and k-NN top-1 (descending). Accuracies are in %, seconds are
+    wall-clock, images/s over the training loop; a metric a run did not record is NaN.
 
     Raises:
         DataError: as :func:`find_results`.
     """
-    rows = []
-    for path in find_results(paths):
-        record = read_json(path)
-        row = {name: _get(record, keys) for name, keys in COLUMNS}
-        row.update({k if k.startswith("pretext_") else f"pretext_{k}": v
-                    for k, v in (record.get("pretext") or {}).items()})
-        row["config"] = config_name(path.parent.name)
-        row["run"] = path.parent.name
-        row["command"] = record.get("command", "")
-        rows.append(row)
+    rows = [run_row(read_json(path), path.parent.name) for path in find_results(paths)]
     frame = pd.DataFrame(rows)
-    tail = ["config", "run", "command"]
-    frame = frame[[c for c in frame.columns if c not in tail] + tail]
-    return frame.sort_values(["dataset", "backbone", "knn_top1_k20", "task", "seed"],
-                             ascending=[True, True, False, True, True], na_position="last",
-                             ignore_index=True)
+    frame = frame[[c for c in frame.columns if c not in TAIL] + TAIL]
+    knn = knn_column(frame.columns)
+    return frame.sort_values(["dataset", "backbone", *([knn] if knn else []), "task", "seed"],
+                             ascending=[True, True, *([False] if knn else []), True, True],
+                             na_position="last", ignore_index=True)
+
+
+def knn_column(columns: Iterable[str], suffix: str = "") -> str | None:
+    """The k-NN top-1 column with the smallest k among ``columns`` (e.g.
+    ``knn_top1_k20``; ``knn_top1_k20_mean`` with ``suffix="_mean"``), or None."""
+    found = [(int(m.group(1)), c) for c in columns
+             if (m := re.fullmatch(rf"knn_top1_k(\d+){re.escape(suffix)}", c))]
+    return min(found)[1] if found else None
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The measured columns of a per-run frame: every numeric column that is not
+    identity, a shared setting or bookkeeping."""
+    fixed = set(IDENTITY + SETTINGS + COST_SETTINGS + TAIL + ["layer_best"])
+    return [c for c in frame.columns if c not in fixed
+            and pd.to_numeric(frame[c], errors="coerce").notna().any()]
 
 
 def confidence_interval(values, level: float = 0.95) -> tuple[float, float]:
@@ -135,43 +128,68 @@ def confidence_interval(values, level: float = 0.95) -> tuple[float, float]:
     return float(x.mean() - half), float(x.mean() + half)
 
 
-def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns of a per-run frame that :func:`aggregate_seeds` aggregates."""
-    return [c for c in METRICS if c in frame] + [c for c in frame if c.startswith("pretext_")]
+def _one_run_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop repeated runs of one (configuration, seed): they measure the same thing
+    (e.g. ``random-init`` asked for different epochs, which it ignores)."""
+    repeated = frame.duplicated(GROUP + ["seed"], keep="first")
+    for _, row in frame[repeated].iterrows():
+        print(f"warning: run {row['run']} repeats configuration {row['config_id']} seed "
+              f"{row['seed']}; counted once", file=sys.stderr)
+    return frame[~repeated]
 
 
 def aggregate_seeds(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """One row per configuration (:data:`GROUP`) of a :func:`leaderboard_frame`:
-    the group columns, ``n`` (runs), ``seeds`` (e.g. ``"0,1,2"``), the shared
-    :data:`SETTINGS`, ``layer_best`` (most frequent), and for every metric
+    the group columns, ``reference``, ``n`` (runs), ``seeds`` (e.g. ``"0,1,2"``), the
+    shared settings, ``layer_best`` (most frequent), and for every metric
     ``<m>_mean``, ``<m>_std`` (ddof 1), ``<m>_n`` (runs that recorded it),
-    ``<m>_ci95_low`` and ``<m>_ci95_high`` (:func:`confidence_interval`; the
-    suffix follows ``level``). std and CI are NaN for a single run.
-    Sorted by dataset, backbone, mean k-NN top-1 (desc).
+    ``<m>_ci95_low`` and ``<m>_ci95_high`` (:func:`confidence_interval`; the suffix
+    follows ``level``). std and CI are NaN for a single run. Sorted by dataset,
+    backbone, mean k-NN top-1 (desc).
 
     Raises:
         DataError: if ``frame`` is empty.
     """
     if frame.empty:
         raise DataError("no runs to aggregate")
+    frame = _one_run_per_seed(frame)
     ci = f"ci{round(level * 100):g}"
+    metrics = metric_columns(frame)
     rows = []
     for key, runs in frame.groupby(GROUP, dropna=False, sort=False):
-        row = dict(zip(GROUP, key), n=len(runs),
+        row = dict(zip(GROUP, key), reference=bool(runs["reference"].any()), n=len(runs),
                    seeds=",".join(str(int(s)) for s in sorted(runs["seed"].dropna())))
-        row.update({c: runs[c].iloc[0] for c in SETTINGS if c in runs})
-        best = runs["layer_best"].dropna() if "layer_best" in runs else pd.Series(dtype=object)
+        row.update({c: runs[c].iloc[0] for c in SETTINGS + COST_SETTINGS if c in runs})
+        best = runs["layer_best"].dropna()
         row["layer_best"] = best.mode().iloc[0] if len(best) else None
-        for m in metric_columns(frame):
+        for m in metrics:
             x = pd.to_numeric(runs[m], errors="coerce").dropna()
             row[f"{m}_mean"] = x.mean() if len(x) else np.nan
             row[f"{m}_std"] = x.std(ddof=1) if len(x) > 1 else np.nan
             row[f"{m}_n"] = len(x)
             row[f"{m}_{ci}_low"], row[f"{m}_{ci}_high"] = confidence_interval(x, level)
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(
-        ["dataset", "backbone", "knn_top1_k20_mean", "task"],
-        ascending=[True, True, False, True], na_position="last", ignore_index=True)
+    summary = pd.DataFrame(rows)
+    order = [c for c in [knn_column(summary.columns, "_mean")] if c]
+    return summary.sort_values(["dataset", "backbone", *order, "task"],
+                               ascending=[True, True, *[False] * len(order), True],
+                               na_position="last", ignore_index=True)
+
+
+def headline_metrics(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """The readable table's metrics that the runs have, as (metric, header, decimals):
+    k-NN top-1 at the smallest k, linear top-1, linear top-1 at each low-shot
+    percentage (ascending), the best layer's linear top-1, training seconds."""
+    metrics = {c[:-len("_mean")] for c in summary.columns if c.endswith("_mean")}
+    knn = knn_column(metrics)
+    lowshot = sorted((float(m.group(1)), c) for c in metrics
+                     if (m := re.fullmatch(r"linear_top1_([\d.]+)pct", c)))
+    chosen = ([(knn, f"k-NN top-1, k={knn.rsplit('_k', 1)[1]} (%)", 1)] if knn else [])
+    chosen += [("linear_top1", "linear top-1 (%)", 1)] if "linear_top1" in metrics else []
+    chosen += [(c, f"linear top-1, {p:g}% labels (%)", 1) for p, c in lowshot]
+    chosen += [(c, h, d) for c, h, d in [("layer_best_linear_top1", "best layer, linear top-1 (%)", 1),
+                                         ("train_seconds", "train (s)", 0)] if c in metrics]
+    return chosen
 
 
 def _cell(row: pd.Series, metric: str, decimals: int) -> str:
@@ -183,22 +201,26 @@ def _cell(row: pd.Series, metric: str, decimals: int) -> str:
 
 
 def leaderboard_markdown(summary: pd.DataFrame) -> str:
-    """The main columns of an :func:`aggregate_seeds` table (95% CI) as Markdown:
-    task, backbone, dataset, n, then ``mean ± CI half-width`` of the :data:`MAIN`
-    metrics (just the mean when n = 1, ``–`` when not recorded). A ``config``
-    column is added when one task/backbone/dataset has several configurations."""
+    """The :func:`headline_metrics` of an :func:`aggregate_seeds` table (95% CI) as
+    Markdown: task (``ref.`` marks reference rows), backbone, dataset, n, then
+    ``mean ± CI half-width`` (just the mean when n = 1, ``–`` when not recorded). A
+    ``config_id`` column is added when one task/backbone/dataset has several
+    configurations."""
     keys = ["task", "backbone", "dataset"]
     table = summary[keys + ["n"]].copy()
+    table["task"] = [f"{t} (ref.)" if ref else t for t, ref in zip(summary["task"],
+                                                                  summary["reference"])]
     if summary.duplicated(keys).any():
-        table.insert(3, "config", summary["config"])
-    for metric, header, decimals in MAIN:
-        table[header] = [_cell(row, metric, decimals) for _, row in summary.iterrows()]
-    best = summary["layer_best"].where(summary["layer_best"].notna(), "")
-    table["best layer, linear top-1 (%)"] = [
-        f"{name}: {cell}" if name and cell != "–" else cell
-        for name, cell in zip(best, table["best layer, linear top-1 (%)"])]
-    return (table.to_markdown(index=False) + "\n\nmean ± half-width of the 95% Student-t "
-            "confidence interval over n seeds (no interval when n = 1); `–`: not measured.\n")
+        table.insert(3, "config_id", summary["config_id"])
+    for metric, header, decimals in headline_metrics(summary):
+        cells = [_cell(row, metric, decimals) for _, row in summary.iterrows()]
+        if metric == "layer_best_linear_top1":
+            cells = [f"{name}: {cell}" if isinstance(name, str) and cell != "–" else cell
+                     for name, cell in zip(summary["layer_best"], cells)]
+        table[header] = cells
+    return (table.to_markdown(index=False, disable_numparse=True) + "\n\nmean ± half-width of "
+            "the 95% Student-t confidence interval over n seeds (no interval when n = 1); `–`: not measured; "
+            "(ref.): a reference row, not a pretext task.\n")
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from ssl_bench import report_figures as rf
-from ssl_bench.errors import DataError
-from ssl_bench.leaderboard import config_name, find_results, leaderboard_markdown, write_leaderboard
-from ssl_bench.plots import save_figure
-from ssl_bench.rundir import atomic_path, atomic_write_text, read_json
+from ssl_bench.core.errors import DataError
+from ssl_bench.core.figures import save_figure
+from ssl_bench.core.rundir import atomic_path, atomic_write_text, read_json
+from ssl_bench.leaderboard import find_results, leaderboard_markdown, write_leaderboard
 
 BUDGET = ["epochs", "images_seen", "pretrain_images", "eval_train_images", "test_images"]
 
@@ -29,24 +29,28 @@ def load_runs(paths: list[str | Path]) -> list[tuple[Path, dict]]:
     return [(p.parent, read_json(p)) for p in find_results(paths)]
 
 
+def _config_id(run: Path, record: dict) -> str:
+    """The recorded configuration id; a run from before ``config_id`` is its own."""
+    return record.get("config_id") or f"run:{run.name}"
+
+
 def first_seeds(runs: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
-    """One run per (task, backbone, dataset): the lowest seed (then the first name)."""
-    chosen: dict[tuple, tuple[Path, dict]] = {}
+    """One run per configuration (``config_id``): the lowest seed (then the first name)."""
+    chosen: dict[str, tuple[Path, dict]] = {}
     for run, record in sorted(runs, key=lambda r: (r[1].get("seed") or 0, r[0].name)):
-        chosen.setdefault((record.get("task"), record.get("backbone"), record.get("dataset")),
-                          (run, record))
+        chosen.setdefault(_config_id(run, record), (run, record))
     return list(chosen.values())
 
 
 def layer_frame(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
     """One row per (run, probed layer) from results.json ``layers``: dataset, task,
-    backbone, config, seed, layer (name), index (1 = shallowest), linear_top1 (%)."""
+    backbone, config_id, seed, layer (name), index (1 = shallowest), linear_top1 (%)."""
     rows = [{"dataset": r.get("dataset"), "task": r.get("task"), "backbone": r.get("backbone"),
-             "config": config_name(run.name), "seed": r.get("seed"), "layer": layer.get("name"),
+             "config_id": _config_id(run, r), "seed": r.get("seed"), "layer": layer.get("name"),
              "index": i, "linear_top1": layer.get("linear_top1")}
             for run, r in runs for i, layer in enumerate(r.get("layers") or [], start=1)]
-    return pd.DataFrame(rows, columns=["dataset", "task", "backbone", "config", "seed", "layer",
-                                       "index", "linear_top1"])
+    return pd.DataFrame(rows, columns=["dataset", "task", "backbone", "config_id", "seed",
+                                       "layer", "index", "linear_top1"])
 
 
 def _slug(text: str) -> str:
@@ -62,7 +66,7 @@ def _task_pictures(runs, figures: Path) -> list[tuple[str, str]]:
         if not name or not (run / name).is_file():
             continue
         target = figures / f"task_{_slug(record['task'])}_{_slug(record['backbone'])}_" \
-                           f"{_slug(record['dataset'])}.png"
+                           f"{_slug(record['dataset'])}_{_slug(_config_id(run, record))}.png"
         with atomic_path(target) as tmp:
             shutil.copyfile(run / name, tmp)
         out.append((target.name, f"{rf.label(record['task'], record['backbone'])} on "
@@ -163,8 +167,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl
         return [(name, caption)]
 
     bars = draw(rf.leaderboard_bars(summary), "leaderboard_bars.png",
-                "k-NN (k=20) and linear-probe top-1 accuracy (%) per configuration, mean over "
-                "seeds; error bars: 95% Student-t CI (none for a single seed); reference rows "
+                "k-NN (smallest recorded k) and linear-probe top-1 accuracy (%) per "
+                "configuration, mean over seeds; error bars: 95% Student-t CI (none for a single seed); reference rows "
                 "grey and hatched.")
     cost = draw(rf.cost_scatter(per_run), "accuracy_vs_cost.png",
                 "Top-1 accuracy (%) of every run against its pretraining cost: wall-clock "

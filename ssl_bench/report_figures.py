@@ -1,5 +1,5 @@
 """The report's figures, built from leaderboard frames; each function returns a
-matplotlib Figure (the caller saves it with :func:`ssl_bench.plots.save_figure`)
+matplotlib Figure (the caller saves it with :func:`ssl_bench.core.figures.save_figure`)
 or ``None`` when there is nothing to draw."""
 
 from __future__ import annotations
@@ -9,13 +9,10 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from ssl_bench.leaderboard import confidence_interval
-from ssl_bench.plots import plt
+from ssl_bench.core.figures import pyplot
+from ssl_bench.leaderboard import confidence_interval, knn_column
 
-# Baselines rather than pretext tasks: drawn grey and hatched.
-REFERENCE_TASKS = ("random-init", "supervised", "pixels")
-_BARS = [("knn_top1_k20", "k-NN top-1 (k=20)", "tab:blue", "0.55"),
-         ("linear_top1", "linear top-1", "tab:orange", "0.8")]
+plt = pyplot()
 
 
 def label(task: str, backbone: str) -> str:
@@ -24,13 +21,21 @@ def label(task: str, backbone: str) -> str:
 
 
 def _labels(frame: pd.DataFrame) -> list[str]:
-    """``task (backbone)`` per row; the config name where that is ambiguous."""
+    """``task (backbone)`` per row, with the configuration id where that is ambiguous."""
     names = [label(t, b) for t, b in zip(frame["task"], frame["backbone"])]
-    if "config" in frame:
-        clash = frame.groupby(["dataset", "task", "backbone"], dropna=False)["config"] \
+    if "config_id" in frame:
+        clash = frame.groupby(["dataset", "task", "backbone"], dropna=False)["config_id"] \
             .transform("nunique").gt(1).to_numpy()
-        names = [c if dup else n for n, c, dup in zip(names, frame["config"], clash)]
+        names = [f"{n} [{c}]" if dup else n for n, c, dup in zip(names, frame["config_id"], clash)]
     return names
+
+
+def _series(metrics) -> list[tuple[str, str, str, str]]:
+    """(metric, legend name, colour, reference-row grey) of the two accuracy series
+    among ``metrics``: k-NN top-1 at the smallest recorded k, and linear top-1."""
+    knn = knn_column(metrics)
+    series = [(knn, f"k-NN top-1 (k={knn.rsplit('_k', 1)[1]})", "tab:blue", "0.55")] if knn else []
+    return series + [("linear_top1", "linear top-1", "tab:orange", "0.8")]
 
 
 def _datasets(frame: pd.DataFrame) -> list:
@@ -47,8 +52,8 @@ def leaderboard_bars(summary: pd.DataFrame):
     :func:`~ssl_bench.leaderboard.aggregate_seeds` table, one panel per dataset,
     error bars the 95% CI half-width over seeds (none when n = 1); reference rows
     grey and hatched. ``None`` if no accuracy was recorded."""
-    if _numeric(summary, "knn_top1_k20_mean").isna().all() and \
-            _numeric(summary, "linear_top1_mean").isna().all():
+    series = _series([c[:-len("_mean")] for c in summary.columns if c.endswith("_mean")])
+    if all(_numeric(summary, f"{metric}_mean").isna().all() for metric, *_ in series):
         return None
     datasets = _datasets(summary)
     counts = [max(2, int((summary["dataset"] == d).sum())) for d in datasets]
@@ -57,8 +62,8 @@ def leaderboard_bars(summary: pd.DataFrame):
     for ax, dataset in zip(axes[0], datasets):
         rows = summary[summary["dataset"] == dataset]
         x = np.arange(len(rows))
-        reference = rows["task"].isin(REFERENCE_TASKS).to_numpy()
-        for i, (metric, name, colour, grey) in enumerate(_BARS):
+        reference = rows["reference"].astype(bool).to_numpy()
+        for i, (metric, name, colour, grey) in enumerate(series):
             mean = _numeric(rows, f"{metric}_mean").to_numpy()
             half = (_numeric(rows, f"{metric}_ci95_high") - _numeric(rows, f"{metric}_ci95_low")) / 2
             bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=half.to_numpy(), capsize=3,
@@ -75,11 +80,11 @@ def leaderboard_bars(summary: pd.DataFrame):
     fig.suptitle("Frozen-feature accuracy, mean over seeds, error bars 95% CI", fontsize=11)
     # built by hand: the first bar of a series may be a grey reference row
     handles = [Rectangle((0, 0), 1, 1, facecolor=colour, edgecolor="0.3")
-               for _, _, colour, _ in _BARS]
+               for _, _, colour, _ in series]
     handles += [Rectangle((0, 0), 1, 1, facecolor=grey, hatch="//", edgecolor="0.3")
-                for _, _, _, grey in _BARS]
-    names = [name for _, name, _, _ in _BARS]
-    names += [f"{name}, reference row ({', '.join(REFERENCE_TASKS)})" for _, name, _, _ in _BARS]
+                for _, _, _, grey in series]
+    names = [name for _, name, _, _ in series]
+    names += [f"{name}, reference row (not a pretext task)" for _, name, _, _ in series]
     fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
@@ -101,7 +106,8 @@ def cost_scatter(runs: pd.DataFrame):
     costs = [("train_seconds", "pretraining wall-clock time (s)"),
              ("images_seen", "pretraining images seen (images)")]
     runs = runs.assign(_label=_labels(runs))
-    has_acc = _numeric(runs, "knn_top1_k20").notna() | _numeric(runs, "linear_top1").notna()
+    series = [(metric, name) for metric, name, _, _ in _series(runs.columns)]
+    has_acc = np.logical_or.reduce([_numeric(runs, m).notna() for m, _ in series])
     runs = runs[has_acc & (_numeric(runs, "train_seconds").notna()
                            | _numeric(runs, "images_seen").notna())]
     if runs.empty:
@@ -113,7 +119,7 @@ def cost_scatter(runs: pd.DataFrame):
     for row, dataset in zip(axes, datasets):
         part = runs[runs["dataset"] == dataset]
         for ax, (cost, xlabel) in zip(row, costs):
-            for metric, marker in (("knn_top1_k20", "o"), ("linear_top1", "^")):
+            for (metric, _), marker in zip(series, ("o", "^")):
                 ax.scatter(_numeric(part, cost), _numeric(part, metric), marker=marker, s=36,
                            c=[colours[n] for n in part["_label"]], edgecolors="0.2",
                            linewidths=0.5)
@@ -124,8 +130,8 @@ def cost_scatter(runs: pd.DataFrame):
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     marker = dict(linestyle="none", markeredgecolor="0.2", markersize=7)
     handles = [Line2D([], [], marker="s", color=c, label=n, **marker) for n, c in colours.items()]
-    handles += [Line2D([], [], marker="o", color="white", label="k-NN top-1 (k=20)", **marker),
-                Line2D([], [], marker="^", color="white", label="linear top-1", **marker)]
+    handles += [Line2D([], [], marker=m, color="white", label=name, **marker)
+                for (_, name), m in zip(series, ("o", "^"))]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     return fig
 
@@ -136,7 +142,7 @@ def layer_curves(layers: pd.DataFrame):
 
     Args:
         layers: one row per (run, probed layer) with columns dataset, task, backbone,
-            config, seed, layer (name), index (1 = shallowest) and linear_top1 (%).
+            config_id, seed, layer (name), index (1 = shallowest) and linear_top1 (%).
             Configurations with a single layer (e.g. ``pixels``) are drawn as
             dashed horizontal lines in every panel of their dataset.
 
@@ -148,7 +154,7 @@ def layer_curves(layers: pd.DataFrame):
     if layers.empty:
         return None
     layers = layers.assign(_label=_labels(layers))
-    depth = layers.groupby("config")["index"].transform("max")
+    depth = layers.groupby("config_id")["index"].transform("max")
     curves, flat = layers[depth > 1], layers[depth == 1]
     panels = list(dict.fromkeys(zip(curves["dataset"], curves["backbone"])))
     if not panels:

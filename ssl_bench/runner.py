@@ -11,18 +11,23 @@ from typing import Any
 
 import torch
 
-from eval import LinearProbe, Protocol, extract_features, extract_features_and_stages, lowshot_sizes
+from eval.features import extract_features, extract_features_and_stages
+from eval.linear import LinearProbe
+from eval.protocol import Protocol, lowshot_sizes
 from ssl_bench.build import build_task
-from ssl_bench.config import RunConfig, run_name
-from ssl_bench.data import (ImageData, balanced_subset_indices, load_dataset, subset_indices,
-                             to_float)
-from ssl_bench.errors import OptionError, SslBenchError
-from ssl_bench.registry import EVALUATORS, load_builtins
-from ssl_bench.plots import save_figure
-from ssl_bench.rundir import (CONFIG, METRICS, RESULTS, atomic_torch_save, atomic_write_json,
-                              atomic_write_yaml, git_commit, read_json, versions)
+from ssl_bench.config import RunConfig, config_id, run_name
+from ssl_bench.core.errors import OptionError, SslBenchError
+from ssl_bench.core.figures import pyplot, save_figure
+from ssl_bench.core.images import to_float
+from ssl_bench.core.registry import EVALUATORS
+from ssl_bench.core.rundir import (CONFIG, METRICS, RESULTS, atomic_torch_save, atomic_write_json,
+                                   atomic_write_yaml, read_json)
+from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
+from ssl_bench.datasets import ImageData, load_dataset
+from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
-from tasks.base import OptimConfig, PretextTask, count_parameters, options_to_dict
+from tasks.base import (OptimConfig, PretextTask, count_parameters, held_out_rng,
+                        options_to_dict)
 
 #: Test images whose features are kept for the report's 2-D projection.
 FEATURE_SAMPLE = 1000
@@ -92,7 +97,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         SslBenchError: any bad input (names, options, data), an interrupted or
             diverged run; the message says what to do.
     """
-    load_builtins()
     evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
     run_dir = _check_run_dir(config)
     if config.resume and (run_dir / RESULTS).exists():
@@ -115,14 +119,16 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
     optims = resolve_optims(task, config)
+    epochs = config.epochs if task.pretrains else 0
+    settings = {**config.to_dict(), "task_options": options_to_dict(task.options),
+                "optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims]}
+    config_key = config_id({**settings, "epochs": epochs})
     # Only now, with every input checked, touch the run directory.
     if config.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(run_dir / CONFIG, {
-        **config.to_dict(),
-        "resolved_task_options": options_to_dict(task.options),
-        "resolved_optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims],
+        **settings, "task_overrides": config.task_options, "config_id": config_key,
         "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
                  "eval_train_images": len(eval_idx), "test_images": len(test_idx),
                  "lowshot_labels": protocol.lowshot, "channels": spec.channels,
@@ -130,7 +136,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         "device_resolved": str(device), "versions": versions(), "git_commit": git_commit(),
     })
 
-    epochs = config.epochs if task.pretrains else 0
     trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
                       TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
                       labels=data.train_labels[train_idx])
@@ -138,7 +143,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
     task.eval()
     eval_start = time.perf_counter()
-    pretext = _pretext_metrics(task, data, config, device)
+    pretext = _held_out_pretext_metrics(task, data, config, device)
     test_images, test_labels = data.test_images[test_idx], data.test_labels[test_idx]
     train_labels = data.train_labels[eval_idx]
     (train_x, train_stages), (test_x, test_stages) = (
@@ -154,7 +159,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     best = max(layers, key=lambda r: r["linear_top1"])["name"] if layers else None
     results = {
         "task": config.task, "backbone": config.backbone, "dataset": config.dataset,
-        "seed": config.seed, "epochs": epochs, "batch_size": trainer.batch_size,
+        "seed": config.seed, "config_id": config_key, "reference": task.reference,
+        "epochs": epochs, "batch_size": trainer.batch_size,
         "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),
         "test_images": len(test_idx),
         "images_seen": stats.images_seen, "steps": stats.steps,
@@ -168,7 +174,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                  "task_params": count_parameters(task),
                  "backbone_gflops_per_image": backbone_gflops(task, spec, device),
                  "feature_dim": int(train_x.shape[1]), "device": str(device)},
-        "summary": task.summary(), "command": config.command,
+        "summary": task.summary(), "config": settings, "command": config.command,
         "figures": figures, "feature_sample": sample,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -176,17 +182,14 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     return results
 
 
-def _pretext_metrics(task: PretextTask, data: ImageData, config: RunConfig,
-                     device: torch.device) -> dict[str, float]:
+def _held_out_pretext_metrics(task: PretextTask, data: ImageData, config: RunConfig,
+                              device: torch.device) -> dict[str, float]:
     """Held-out pretext metrics on a seeded spread of the whole test split
-    (ImageFolder splits are sorted by class), averaged over batches."""
+    (ImageFolder splits are sorted by class), with the task's fixed-seed draws."""
     idx = subset_indices(len(data.test_images),
                          min(config.pretext_eval_images, len(data.test_images)), seed=0)
-    sums: dict[str, float] = {}
-    for chunk in data.test_images[idx].split(config.eval_batch_size):
-        for k, v in task.pretext_metrics(to_float(chunk.to(device))).items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
-    return {k: v / len(idx) for k, v in sums.items()}
+    return task.held_out_metrics(to_float(chunk.to(device))
+                                 for chunk in data.test_images[idx].split(config.eval_batch_size))
 
 
 def _encode(task: PretextTask, images: torch.Tensor, config: RunConfig, device: torch.device,
@@ -205,7 +208,8 @@ def _save_figures(task: PretextTask, test_images: torch.Tensor, run_dir: Path,
                   device: torch.device) -> dict[str, str | None]:
     """``<task>.png`` on 8 test images across classes, and ``loss_curve.png``."""
     shown = torch.linspace(0, len(test_images) - 1, 8).long()
-    figure = task.render(to_float(test_images[shown].to(device)))
+    with held_out_rng():
+        figure = task.render(to_float(test_images[shown].to(device)))
     names: dict[str, str | None] = {"task": None, "loss": None}
     if figure is not None:
         names["task"] = f"{task.name}.png"
@@ -238,9 +242,7 @@ def _save_loss_curve(run_dir: Path) -> bool:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records:
         return False
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = pyplot().subplots(figsize=(5, 3))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records])
     ax.set_xlabel("step")
     ax.set_ylabel("pretext loss")

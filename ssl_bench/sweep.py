@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ssl_bench.config import RunConfig, run_name
-from ssl_bench.errors import IncompatibleError
-from ssl_bench.rundir import RESULTS, atomic_write_text
-from ssl_bench.train import Interrupted
+from ssl_bench.core.errors import IncompatibleError, Interrupted
+from ssl_bench.core.rundir import RESULTS, atomic_write_text
 
 #: Written into a run directory when its run raised an error.
 ERROR_FILE = "error.txt"
@@ -54,10 +53,10 @@ class Sweep:
     For each configuration: a run directory with ``results.json`` is skipped; an
     existing directory without one (an interrupted or failed run) is continued
     with ``resume=True`` (training restarts from its last checkpoint); an
-    :class:`~ssl_bench.errors.IncompatibleError` is recorded as incompatible;
+    :class:`~ssl_bench.core.errors.IncompatibleError` is recorded as incompatible;
     any other exception is recorded as a failure, its traceback written to
     ``<run dir>/error.txt``, and the sweep goes on. Ctrl-C (the trainer's
-    :class:`~ssl_bench.train.Interrupted`, or ``KeyboardInterrupt``) stops the
+    :class:`~ssl_bench.core.errors.Interrupted`, or ``KeyboardInterrupt``) stops the
     sweep after printing the summary so far; re-running the same command
     continues it.
 

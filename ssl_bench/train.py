@@ -24,19 +24,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ssl_bench.data import random_hflip, to_float
-from ssl_bench.errors import SslBenchError
-from ssl_bench.rundir import (CHECKPOINT, METRICS, append_jsonl, atomic_torch_save,
-                              atomic_write_text)
+from ssl_bench.core.errors import Diverged, Interrupted, SslBenchError
+from ssl_bench.core.images import random_hflip, to_float
+from ssl_bench.core.rundir import (CHECKPOINT, METRICS, append_jsonl, atomic_torch_save,
+                                   atomic_write_text)
 from tasks.base import OptimConfig, PretextTask
-
-
-class Interrupted(SslBenchError):
-    """Training was stopped with Ctrl-C after a checkpoint was saved."""
-
-
-class Diverged(SslBenchError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass

@@ -2,25 +2,50 @@
 
 A task owns its heads, the corruption or labels it derives from raw images, its
 loss and its optimizers. The harness gives it float images in [0, 1] of shape
-``(N, C, H, W)`` and nothing else (never labels). To add a task, write one module
-in ``tasks/`` with a subclass registered by ``@TASKS.register("name")``; the
-package imports every module in ``tasks/`` on start-up.
+``(N, C, H, W)`` and nothing else (never labels, except to the ``supervised``
+reference). To add a task, write one module in ``tasks/`` (or in your own
+package, registered through the ``ssl_bench.tasks`` entry-point group) with a
+:class:`PretextTask` subclass decorated by ``@TASKS.register("name")``.
+
+What the base class does for every task, so that a task module holds only its
+method:
+
+* checks each option against the range declared next to it (:func:`option`);
+* checks the input the task needs (:attr:`PretextTask.channels`,
+  :attr:`PretextTask.min_image_size`) and, in :meth:`PretextTask.build_backbone`,
+  the backbone family and that the backbone can process the size it is built for;
+* held-out pretext metrics: the task's own :meth:`PretextTask.loss` logs on test
+  images, with every random draw (masks, corruptions, puzzles) from one fixed seed
+  (:meth:`PretextTask.held_out_metrics`), so they do not depend on how long the
+  run trained;
+* ``summary`` with the parameter count of every part.
+
+Log vocabulary (keys of the dict that ``loss`` returns beside the loss, and of the
+held-out metrics): ``loss`` the total, ``<term>_loss`` its terms, ``top1`` the
+pretext classification accuracy (%), ``psnr_db`` the reconstruction's PSNR (dB)
+and ``input_psnr_db`` that of the corrupted or masked input it started from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
 
 from backbones.base import Backbone
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError, OptionError
+from ssl_bench.core.errors import IncompatibleError, OptionError
+from ssl_bench.core.spec import DataSpec
 
 Logs = dict[str, torch.Tensor | float]
+
+#: Seed of every random draw of the held-out pretext metrics.
+HELD_OUT_SEED = 0
+#: How to ask for a backbone of each family in an error message.
+_FAMILY_HINT = {"cnn": "e.g. --backbone convnet or resnet18", "vit": "e.g. --backbone vit_tiny"}
 
 
 class BackboneFactory(Protocol):
@@ -82,44 +107,90 @@ class OptimConfig:
         raise OptionError(f"--optimizer must be one of adamw, adam, sgd; got {self.name!r}")
 
 
+@dataclass
+class NoOptions:
+    """The options of a task that has none."""
+
+
 class PretextTask(nn.Module):
     """Base class of pretext tasks.
 
     Subclasses set the class attributes, build ``self.backbone`` (the module
-    whose features are evaluated) and heads in ``__init__``, and implement
-    :meth:`loss` (or :meth:`training_step` for several optimizers),
-    :meth:`pretext_metrics` and :meth:`render`.
+    whose features are evaluated, through :meth:`build_backbone`) and heads in
+    ``__init__``, and implement :meth:`loss` (or :meth:`training_step` for
+    several optimizers) and :meth:`render`.
 
     Class attributes:
-        name: the ``--task`` name.
+        name: the ``--task`` name, set by ``@TASKS.register``.
         paper: the source, e.g. ``"Noroozi & Favaro, ECCV 2016, §3"``.
-        Options: a dataclass of hyperparameters with paper-based defaults; the
-            CLI overrides them with ``--set key=value``.
-        pretrains: ``False`` for baselines that are evaluated untrained.
+        Options: a dataclass of hyperparameters declared with :func:`option`
+            (paper-based defaults and valid ranges); ``--set key=value`` overrides.
+        pretrains: ``False`` for references that are evaluated untrained.
         uses_labels: ``True`` only for the ``supervised`` reference: the trainer
             then calls ``training_step(images, optimizers, labels=labels)``.
+        reference: a reference row (random-init, supervised, pixels), not a
+            pretext task; reports draw it apart.
+        backbone_family: ``"cnn"`` or ``"vit"`` when the task needs one.
+        channels: the image channel counts the task accepts (``None``: any).
+        min_image_size: the smallest image side in pixels the task accepts.
 
     Args:
         make_backbone: builds backbones of the run's kind (see
             :class:`BackboneFactory`).
         spec: shapes and pixel statistics of the data.
         options: an instance of ``Options``.
+
+    Raises:
+        OptionError: an option outside its declared range.
+        IncompatibleError: data the task cannot use (channels, image size).
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    Options: ClassVar[type] = type("NoOptions", (), {})
+    Options: ClassVar[type] = NoOptions
     pretrains: ClassVar[bool] = True
     uses_labels: ClassVar[bool] = False
+    reference: ClassVar[bool] = False
+    backbone_family: ClassVar[str | None] = None
+    channels: ClassVar[tuple[int, ...] | None] = None
+    min_image_size: ClassVar[int] = 8
 
     def __init__(self, make_backbone: BackboneFactory, spec: DataSpec, options: Any) -> None:
         super().__init__()
+        check_options(options)
+        if self.channels is not None and spec.channels not in self.channels:
+            raise IncompatibleError(
+                f"task {self.name!r} needs images with {' or '.join(map(str, self.channels))} "
+                f"channel(s); dataset {spec.name!r} has {spec.channels}")
+        if spec.image_size < self.min_image_size:
+            raise IncompatibleError(f"task {self.name!r} needs images of at least "
+                                    f"{self.min_image_size} px; got {spec.image_size} px "
+                                    "(raise --image-size)")
         self.spec = spec
         self.options = options
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, -1, 1, 1),
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, -1, 1, 1).clamp_min(1e-3),
                              persistent=False)
+
+    def build_backbone(self, make_backbone: BackboneFactory, in_chans: int | None = None,
+                       img_size: int | None = None, width_multiplier: float = 1.0) -> Backbone:
+        """A backbone of the run's kind for ``(N, in_chans, img_size, img_size)`` inputs
+        (defaults: the dataset's), checked against :attr:`backbone_family` and probed
+        with one forward pass at that size.
+
+        Raises:
+            IncompatibleError: a backbone of the wrong family, or one that cannot
+                process inputs of that size.
+        """
+        backbone = make_backbone(in_chans=in_chans, img_size=img_size,
+                                 width_multiplier=width_multiplier)
+        family = self.backbone_family
+        if family is not None and backbone.family != family:
+            raise IncompatibleError(f"task {self.name!r} needs a {family.upper()} backbone, got "
+                                    f"a {backbone.family.upper()}; {_FAMILY_HINT[family]}")
+        backbone.feature_map_shape()
+        return backbone
 
     # ---------------------------------------------------------------- training
 
@@ -140,7 +211,8 @@ class PretextTask(nn.Module):
             images: ``(N, C, H, W)`` float in [0, 1].
 
         Returns:
-            A scalar loss tensor and extra values to log (detached).
+            A scalar loss tensor and detached values to log, named in the
+            module's log vocabulary.
         """
         raise NotImplementedError
 
@@ -188,52 +260,123 @@ class PretextTask(nn.Module):
 
     @torch.no_grad()
     def pretext_metrics(self, images: torch.Tensor) -> dict[str, float]:
-        """Held-out pretext performance on a batch of test images in [0, 1]
-        (e.g. ``pretext_top1`` in %, ``psnr_db``); the harness averages over
-        batches weighted by batch size. Called in eval mode."""
-        return {}
+        """Held-out pretext performance on a batch of test images ``(N, C, H, W)`` in
+        [0, 1]: ``loss`` and the logs of :meth:`loss`. References (untrained, or
+        trained with labels the test images do not bring) report nothing."""
+        if not self.pretrains or self.uses_labels:
+            return {}
+        loss, logs = self.loss(images)
+        return {"loss": float(loss), **{k: float(v) for k, v in logs.items()}}
+
+    @torch.no_grad()
+    def held_out_metrics(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+        """:meth:`pretext_metrics` averaged over batches (weighted by batch size), in
+        eval mode, under one :func:`held_out_rng` for the whole pass: the same test
+        images always get the same masks, corruptions and puzzles.
+
+        Args:
+            batches: ``(n, C, H, W)`` float images in [0, 1], on the task's device.
+        """
+        sums: dict[str, float] = {}
+        count = 0
+        was_training = self.training
+        self.eval()
+        try:
+            with held_out_rng():
+                for images in batches:
+                    for key, value in self.pretext_metrics(images).items():
+                        sums[key] = sums.get(key, 0.0) + value * len(images)
+                    count += len(images)
+        finally:
+            self.train(was_training)
+        return {key: total / count for key, total in sums.items()}
 
     def summary(self) -> dict[str, Any]:
-        """Facts about the built task to store in ``results.json`` (e.g. the
-        permutation set's Hamming distances, parameter counts of parts)."""
-        return {}
+        """Facts about the built task for ``results.json``: the trainable parameters
+        of each part (``parameters``); tasks add what they derive (e.g. the
+        permutation set's Hamming distances)."""
+        parts = {name: count_parameters(module) for name, module in self.named_children()}
+        parts.update({name: p.numel() for name, p in self.named_parameters(recurse=False)
+                      if p.requires_grad})
+        return {"parameters": {name: n for name, n in parts.items() if n}}
 
     @torch.no_grad()
     def render(self, images: torch.Tensor):
         """A matplotlib Figure that shows what the task does on a few test images
         ``(n, C, H, W)`` in [0, 1] (e.g. corrupted input / reconstruction / original).
-        Called in eval mode; ``None`` if there is nothing to show."""
+        Called in eval mode under :func:`held_out_rng`; ``None`` if there is nothing
+        to show."""
         return None
+
+
+@contextmanager
+def held_out_rng() -> Iterator[None]:
+    """Within the block, torch's generators (CPU and every CUDA device) start from
+    :data:`HELD_OUT_SEED`; afterwards they are back where they were. Held-out
+    metrics and task pictures draw their randomness under it."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(HELD_OUT_SEED)
+        yield
 
 
 # -------------------------------------------------------------------- options
 
 
-def options_from_strings(cls: type, overrides: dict[str, str]) -> Any:
+def option(default: Any, *, low: float | None = None, high: float | None = None,
+           choices: tuple | None = None, strict: bool = False) -> Any:
+    """A field of a task's ``Options`` dataclass with its valid values declared
+    beside its default; :func:`check_options` enforces them.
+
+    Args:
+        default: the paper-based default.
+        low, high: the inclusive range of a number (exclusive when ``strict``).
+        choices: the valid values of a categorical option.
+    """
+    return field(default=default, metadata={"low": low, "high": high, "choices": choices,
+                                            "strict": strict})
+
+
+def check_options(options: Any) -> None:
+    """Check every field of an ``Options`` instance against its :func:`option` declaration.
+
+    Raises:
+        OptionError: naming ``--set <key>=<value>`` and the valid values.
+    """
+    if not dataclasses.is_dataclass(options):
+        return
+    for f in dataclasses.fields(options):
+        rule, value = f.metadata, getattr(options, f.name)
+        if rule.get("choices") is not None:
+            check_choice(f.name, value, rule["choices"])
+        if rule.get("low") is not None or rule.get("high") is not None:
+            low = rule["low"] if rule["low"] is not None else float("-inf")
+            high = rule["high"] if rule["high"] is not None else float("inf")
+            check_range(f.name, value, low, high, strict=rule["strict"])
+
+
+def options_from_strings(cls: type, overrides: dict[str, Any]) -> Any:
     """Build a task's ``Options`` dataclass from ``--set key=value`` strings.
 
     Values are parsed as YAML scalars (``0.5``, ``true``, ``[1, 2]``) and checked
-    against the type of the field's default.
+    against the type of the field's default (ranges are checked by the task).
 
     Raises:
         OptionError: for an unknown key (lists the valid keys) or a value of the
-            wrong type; ``Options.__post_init__`` may raise it for invalid values.
+            wrong type.
     """
     import yaml
 
-    if not dataclasses.is_dataclass(cls):
-        if overrides:
-            raise OptionError(f"this task takes no --set options; got {', '.join(overrides)}")
-        return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if overrides and not fields:
+        raise OptionError(f"this task takes no --set options; got {', '.join(overrides)}")
     kwargs = {}
     for key, text in overrides.items():
         if key not in fields:
             raise OptionError(f"unknown task option {key!r} for --set; valid: "
                               f"{', '.join(sorted(fields))}")
         value = yaml.safe_load(text) if isinstance(text, str) else text
-        default = _field_default(fields[key])
-        kwargs[key] = _coerce(key, value, default)
+        kwargs[key] = _coerce(key, value, _field_default(fields[key]))
     return cls(**kwargs)
 
 
@@ -275,17 +418,13 @@ def check_choice(option: str, value: Any, choices: tuple) -> None:
                           f"{', '.join(map(str, choices))}")
 
 
-def check_range(option: str, value: float, low: float, high: float) -> None:
-    """Raise :class:`OptionError` unless ``low <= value <= high``."""
-    if not low <= value <= high:
-        raise OptionError(f"--set {option}={value} is out of range [{low}, {high}]")
-
-
-def require_family(task: str, backbone: Backbone, family: str, hint: str = "") -> None:
-    """Raise :class:`IncompatibleError` unless the backbone is of ``family``."""
-    if backbone.family != family:
-        raise IncompatibleError(f"task {task!r} needs a {family.upper()} backbone, got a "
-                                f"{backbone.family.upper()}{'; ' + hint if hint else ''}")
+def check_range(option: str, value: float, low: float, high: float, strict: bool = False) -> None:
+    """Raise :class:`OptionError` unless ``low <= value <= high`` (``low < value <
+    high`` when ``strict``)."""
+    inside = low < value < high if strict else low <= value <= high
+    if not inside:
+        bounds = f"({low}, {high})" if strict else f"[{low}, {high}]"
+        raise OptionError(f"--set {option}={value} is out of range {bounds}")
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -293,6 +432,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["PretextTask", "OptimConfig", "BackboneFactory", "Logs", "options_from_strings",
-           "options_to_dict", "check_choice", "check_range", "require_family",
-           "count_parameters", "field"]
+__all__ = ["PretextTask", "OptimConfig", "BackboneFactory", "Logs", "NoOptions", "held_out_rng",
+           "option",
+           "check_options", "options_from_strings", "options_to_dict", "check_choice",
+           "check_range", "count_parameters", "HELD_OUT_SEED"]

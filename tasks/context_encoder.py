@@ -9,88 +9,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.errors import OptionError
-from ssl_bench.plots import image_rows
-from ssl_bench.registry import TASKS
-from tasks.base import (BackboneFactory, Logs, OptimConfig, PretextTask, check_choice,
-                        check_range, count_parameters)
-from tasks.decoders import ConvDecoder, probe_feature_map
+from ssl_bench.core.errors import OptionError
+from ssl_bench.core.figures import image_rows
+from ssl_bench.core.registry import TASKS
+from tasks.base import (BackboneFactory, Logs, OptimConfig, PretextTask,
+                        check_choice, option)
+from tasks.blocks import ConvDecoder, psnr_db
 
 MASKS = ("center", "random-block", "random-region")
-RANDOM_BLOCKS = 4  # blocks per image; each at most side/(2·√4) = side/4 square, so ≤ ¼ in union
+RANDOM_BLOCKS = 4  # blocks per image, each ≤ side/(2·√4) = side/4 square: ≤ ¼ in union
 REGION_CELLS = 8  # noise samples per image side: the released code's 0.06 px⁻¹ on 128 px crops
 REGION_AREA = (0.20, 0.30)  # masked fraction of a random region (the released code's bounds)
-EVAL_SEED = 0  # held-out masks are drawn from a fixed-seed generator: deterministic metrics
 
 
-def make_masks(kind: str, n: int, size: int, device: torch.device | str = "cpu",
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Region masks of Pathak et al. 2016 §3.3, built as one batched tensor.
+def make_masks(kind: str, n: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Hole masks of §3.3, ``(n, 1, size, size)`` bool, True where the encoder sees
+    nothing, drawn from torch's global RNG; OptionError for an unknown ``kind``.
 
-    * ``center``: the centred square of side ⌊size/2⌋ (exactly ¼ of an even-sided image).
-    * ``random-block``: the union of 4 axis-aligned, possibly overlapping blocks per
-      image with sides drawn uniformly in [size/8, size/4] at uniform positions; the
-      union covers more than 0 and at most ¼ of the image.
-    * ``random-region``: arbitrary shapes. The paper pastes deformed PASCAL VOC 2012
-      segmentation masks; having no segmentations here, we threshold smooth random
-      fields instead, as the authors' released ``train_random.lua`` does: uniform
-      noise on an 8×8 grid, upsampled bicubically to ``size``, keeps its highest k
-      pixels, with k drawn uniformly so that 20–30% of the image is masked.
-
-    Args:
-        kind: one of ``center``, ``random-block``, ``random-region``.
-        n: masks to draw.
-        size: image side in pixels.
-        device: where the masks live.
-        generator: source of randomness (on ``device``); ``None`` uses torch's global RNG.
-
-    Returns:
-        ``(n, 1, size, size)`` bool, True where pixels are hidden from the encoder.
-
-    Raises:
-        OptionError: for an unknown ``kind``.
+    * ``center``: the centred square of side ⌊size/2⌋ (¼ of an even-sided image).
+    * ``random-block``: the union of 4 possibly overlapping blocks with sides uniform
+      in [size/8, size/4] at uniform positions: more than 0, at most ¼ of the image.
+    * ``random-region``: the paper pastes PASCAL VOC segmentations; lacking them we
+      threshold smooth noise as the released ``train_random.lua`` does: 8×8 uniform
+      noise upsampled bicubically, its top k pixels with k uniform in 20–30% of the image.
     """
     check_choice("mask", kind, MASKS)
-    coords = torch.arange(size, device=device)
+    coords = torch.arange(size, device=device)  # (size,)
     if kind == "center":
         side = size // 2
-        inside = (coords >= (size - side) // 2) & (coords < (size - side) // 2 + side)
+        inside = (coords >= (size - side) // 2) & (coords < (size - side) // 2 + side)  # (size,)
         return (inside[:, None] & inside[None, :]).expand(n, 1, size, size).clone()
     if kind == "random-block":
-        longest = max(1, int(size / (2 * math.sqrt(RANDOM_BLOCKS))))
+        most = max(1, int(size / (2 * math.sqrt(RANDOM_BLOCKS))))  # longest block side
         shape = (n, RANDOM_BLOCKS, 1)
         spans = []
         for _ in range(2):  # rows, then columns
-            length = torch.randint(max(1, longest // 2), longest + 1, shape, device=device,
-                                   generator=generator)
-            start = (torch.rand(shape, device=device, generator=generator)
-                     * (size - length + 1)).long()
+            length = torch.randint(max(1, most // 2), most + 1, shape, device=device)  # (n, K, 1)
+            start = (torch.rand(shape, device=device) * (size - length + 1)).long()  # (n, K, 1)
             spans.append((coords >= start) & (coords < start + length))  # (n, K, size)
         rows, cols = spans
-        return (rows[..., :, None] & cols[..., None, :]).any(dim=1, keepdim=True)
-    noise = torch.rand(n, 1, REGION_CELLS, REGION_CELLS, device=device, generator=generator)
+        return (rows[..., :, None] & cols[..., None, :]).any(dim=1, keepdim=True)  # (n, 1, s, s)
+    noise = torch.rand(n, 1, REGION_CELLS, REGION_CELLS, device=device)  # (n, 1, 8, 8)
     field = F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=True)
     low, high = math.ceil(REGION_AREA[0] * size * size), math.floor(REGION_AREA[1] * size * size)
-    count = torch.randint(low, high + 1, (n, 1), device=device, generator=generator)
-    rank = field.flatten(1).argsort(dim=1, descending=True).argsort(dim=1)
+    count = torch.randint(low, high + 1, (n, 1), device=device)  # (n, 1) pixels to hide
+    rank = field.flatten(1).argsort(dim=1, descending=True).argsort(dim=1)  # (n, s²)
     return (rank < count).view(n, 1, size, size)
 
 
 def loss_weights(mask: torch.Tensor, overlap_px: int, overlap_weight: float) -> torch.Tensor:
-    """Per-pixel weights of the reconstruction loss (Pathak et al. 2016 §4).
-
-    The decoder predicts a slightly larger patch than the hole: the hole dilated by
-    ``overlap_px`` pixels, a border that overlaps the visible context; the border's
-    squared error is weighted ``overlap_weight`` times more than the hole's.
-
-    Args:
-        mask: ``(N, 1, H, W)`` bool hole mask.
-        overlap_px: width of the border in pixels (0: no border).
-        overlap_weight: weight of the border (the paper's 10).
-
-    Returns:
-        ``(N, 1, H, W)`` float32: 1 in the hole, ``overlap_weight`` on the border, 0 elsewhere.
-    """
+    """Per-pixel weights of the reconstruction loss (§4): the decoder predicts the hole
+    ``(N, 1, H, W)`` bool dilated by ``overlap_px`` pixels, and the border that overlaps
+    the context weighs ``overlap_weight`` (paper: 10) times the hole. Returns
+    ``(N, 1, H, W)`` float32: 1 in the hole, ``overlap_weight`` on the border, 0 elsewhere."""
     hole = mask.float()
     if overlap_px == 0:
         return hole
@@ -98,35 +69,9 @@ def loss_weights(mask: torch.Tensor, overlap_px: int, overlap_weight: float) -> 
     return hole + overlap_weight * (patch - hole)
 
 
-def masked_psnr_db(prediction: torch.Tensor, target: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
-    """PSNR of each image over its masked pixels only, 10·log10(1 / MSE), in dB.
-
-    Args:
-        prediction: ``(N, C, H, W)`` float in [0, 1].
-        target: ``(N, C, H, W)`` float in [0, 1].
-        mask: ``(N, 1, H, W)`` bool; each image needs at least one True pixel.
-
-    Returns:
-        ``(N,)`` float32; the MSE is floored at 1e-10 (100 dB for a perfect fill).
-    """
-    err = (prediction.float() - target.float()).pow(2) * mask
-    mse = err.sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * prediction.shape[1])
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
-
-
 class ChannelWiseFC(nn.Module):
-    """Channel-wise fully-connected layer (Pathak et al. 2016 §3.1).
-
-    A dense n²→n² map within each of the m feature maps and no weights between
-    maps: m·n⁴ weights (against m²·n⁴ for a full layer) plus a bias of shape
-    ``(m, n²)``, one per output unit, so m·n⁴ + m·n² parameters in all. Computed
-    for all channels at once with one einsum.
-
-    Args:
-        channels: m.
-        side: n, the side of the square feature maps.
-    """
+    """Channel-wise fully-connected layer (§3.1): a dense n²→n² map within each of m
+    feature maps, none between them: m·n⁴ weights (not m²·n⁴) + m·n² biases."""
 
     def __init__(self, channels: int, side: int) -> None:
         super().__init__()
@@ -136,25 +81,16 @@ class ChannelWiseFC(nn.Module):
         self.bias = nn.Parameter(torch.empty(channels, units).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, m, n, n)`` → ``(N, m, n, n)``; output channel c depends on input channel c only."""
-        y = torch.einsum("bci,coi->bco", x.flatten(2), self.weight) + self.bias
+        """``(N, m, n, n)`` → ``(N, m, n, n)``; output channel c sees input channel c only."""
+        y = torch.einsum("bci,coi->bco", x.flatten(2), self.weight) + self.bias  # (N, m, n²)
         return y.view_as(x)
 
 
 class Discriminator(nn.Sequential):
-    """DCGAN discriminator (Radford et al. 2016 §3): 4×4 stride-2 convolutions that
-    halve the side and double the width, BatchNorm (not on the first layer) and
-    LeakyReLU(0.2), until the side is at most 4; a last convolution over the whole
-    remaining map gives one logit per image (the sigmoid lives in the BCE loss).
-
-    Args:
-        in_channels: image channels C.
-        size: image side in pixels.
-        width: channels of the first layer.
-
-    Shapes:
-        ``(N, C, size, size)`` float → ``(N,)`` logits that the input is real.
-    """
+    """DCGAN discriminator (Radford et al. 2016 §3), ``(N, C, size, size)`` → ``(N,)``
+    logits that the input is real: 4×4 stride-2 convolutions halve the side and double
+    the width from ``width`` (BatchNorm but on the first, LeakyReLU(0.2)) down to a side
+    ≤ 4, then one convolution spans the remaining map."""
 
     def __init__(self, in_channels: int, size: int, width: int) -> None:
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1),
@@ -172,80 +108,46 @@ class Discriminator(nn.Sequential):
 class ContextEncoder(PretextTask):
     """Context encoder: inpaint hidden image regions from their context.
 
-    Pathak, Krähenbühl, Donahue, Darrell & Efros, "Context Encoders: Feature
-    Learning by Inpainting", CVPR 2016.
+    Pathak, Krähenbühl, Donahue, Darrell & Efros, "Context Encoders: Feature Learning
+    by Inpainting", CVPR 2016.
 
-    * §3.1 encoder–decoder: the encoder is the backbone's spatial feature map
-      (m channels of n×n, ``backbone.feature_map``) of the image with its hole
-      filled by the dataset mean (§4). A :class:`ChannelWiseFC` layer lets every
-      unit see the whole map, a stride-1 1×1 convolution (+ BatchNorm, ReLU) then
-      mixes channels, and a decoder of up-convolutions
-      (:class:`tasks.decoders.ConvDecoder`) with a sigmoid output returns a full
-      image in [0, 1] (the paper's tanh on [-1, 1], rescaled).
-    * §3.2 loss: λ_rec·L_rec + λ_adv·L_adv with λ_rec = 1 − λ_adv = 0.999. L_rec is
-      the mean squared error over the predicted patch, weighted 10× on a border
-      that overlaps the context (:func:`loss_weights`; §4). L_adv is the
-      non-saturating GAN loss of a DCGAN :class:`Discriminator` that sees only the
-      predicted patch: real and generated images are both multiplied by the patch
-      mask, context zeroed. With a ``center`` mask this is the released code's
-      input (the centre crop), zero-padded; the context is kept from the
-      discriminator, which would otherwise spot the seam between prediction and
-      context (§3.2: only the generator is conditioned on context).
-      Default ``adversarial=True`` (the joint loss, as requested for this
-      benchmark); the paper's own feature-learning runs used L2 alone (§3.2,
-      §5.2: joint training diverged on AlexNet), hence ``adversarial=false``.
-    * §3.3 masks (:func:`make_masks`): ``random-region`` by default, the mask the
-      paper uses for its feature-learning experiments.
-    * §4 optimisation: Adam with β1 = 0.5 for both networks; the encoder–decoder's
-      learning rate is 10× the discriminator's (2e-3 vs 2e-4, the released
-      ``train.lua``). Each training step updates D first, then the encoder–decoder.
-
-    Overlap width: §4 predicts a patch slightly larger than the hole and weights
-    its overlap with the context 10×; the width used here is the released code's
-    4 px at 128 px (``overlapPred=4``), i.e. 1/32 of the side: 1 px at 32 px,
-    3 px at 96 px.
+    * §3.1 encoder–decoder F: the backbone's m×n×n feature map of the image with its
+      hole filled by the dataset mean (§4), a :class:`ChannelWiseFC` (every unit sees
+      the whole map), a 1×1 convolution mixing channels, and up-convolutions
+      (:class:`tasks.blocks.ConvDecoder`) with a sigmoid (the paper's tanh, rescaled).
+    * §3.2 loss: (1 − λ_adv)·L_rec + λ_adv·L_adv. L_rec: squared error over the
+      predicted patch, 10× on a border overlapping the context (:func:`loss_weights`,
+      §4). L_adv: non-saturating GAN loss of a DCGAN :class:`Discriminator` shown only
+      the patch (a ``center`` mask gives the released code's centre crop, zero-padded):
+      with the context it would spot the seam (§3.2: only the generator sees context).
+      ``adversarial=True`` by default, the joint loss asked of this benchmark; the
+      paper's feature runs used L2 alone (§5.2: joint training diverged on AlexNet).
+    * §3.3 masks (:func:`make_masks`): ``random-region``, the paper's for features.
+    * §4: Adam, β1 = 0.5, F at 10× D's rate (2e-3 vs 2e-4, released ``train.lua``);
+      each step updates D, then F. Border: the released code's 4 px at 128 px
+      (``overlapPred=4``): 1 px at 32 px, 3 px at 96 px.
 
     Features: the pooled backbone output on standardized, unmasked images ``(N, D)``.
     """
 
-    name = "context-encoder"
     paper = "Pathak et al., CVPR 2016, §3.1–3.3, §4"
 
     @dataclass
     class Options:
-        """Hyperparameters; defaults follow Pathak et al. 2016 scaled to 28–96 px.
+        """Defaults: Pathak et al. 2016, scaled to 28–96 px images."""
 
-        Attributes:
-            mask: hole shape, ``center``, ``random-block`` or ``random-region`` (§3.3).
-            adversarial: add the adversarial loss and its discriminator (§3.2).
-            adv_weight: λ_adv; λ_rec = 1 − λ_adv (§3.2: 0.001).
-            overlap: width of the 10×-weighted border as a fraction of the image side
-                (the released code's 4 px of 128).
-            overlap_weight: weight of that border relative to the hole (§4: 10).
-            decoder_width: channels of the decoder's last up-convolution.
-            disc_width: channels of the discriminator's first layer (DCGAN: 64 at 64 px).
-        """
-
-        mask: str = "random-region"
-        adversarial: bool = True
-        adv_weight: float = 0.001
-        overlap: float = 4 / 128
-        overlap_weight: float = 10.0
-        decoder_width: int = 32
-        disc_width: int = 32
-
-        def __post_init__(self) -> None:
-            check_choice("mask", self.mask, MASKS)
-            check_range("adv_weight", self.adv_weight, 0.0, 1.0)
-            check_range("overlap", self.overlap, 0.0, 0.25)
-            check_range("overlap_weight", self.overlap_weight, 0.0, 1000.0)
-            check_range("decoder_width", self.decoder_width, 1, 1024)
-            check_range("disc_width", self.disc_width, 1, 1024)
+        mask: str = option("random-region", choices=MASKS)  # hole shape (§3.3)
+        adversarial: bool = option(True)  # add L_adv and its discriminator (§3.2)
+        adv_weight: float = option(0.001, low=0.0, high=1.0)  # λ_adv (§3.2), λ_rec = 1−λ_adv
+        overlap: float = option(4 / 128, low=0.0, high=0.25)  # border width / image side
+        overlap_weight: float = option(10.0, low=0.0, high=1000.0)  # border vs hole (§4)
+        decoder_width: int = option(32, low=1, high=1024)  # decoder's last up-convolution
+        disc_width: int = option(32, low=1, high=1024)  # D's first layer (DCGAN: 64 at 64 px)
 
     def __init__(self, make_backbone: BackboneFactory, spec, options: Options) -> None:
         super().__init__(make_backbone, spec, options)
-        self.backbone = make_backbone()
-        channels, side, _ = probe_feature_map(self.backbone, spec.channels, spec.image_size)
+        self.backbone = self.build_backbone(make_backbone)
+        channels, side, _ = self.backbone.feature_map_shape()  # m, n, n
         self.cwfc = ChannelWiseFC(channels, side)
         self.channel_mix = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1, bias=False),
                                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
@@ -255,130 +157,90 @@ class ContextEncoder(PretextTask):
                               if options.adversarial else None)
         self.overlap_px = round(options.overlap * spec.image_size)
 
-    # ---------------------------------------------------------------- model
-
     def inpaint(self, masked: torch.Tensor) -> torch.Tensor:
-        """The encoder–decoder F: a full image ``(N, C, H, W)`` in [0, 1] predicted from
-        mean-filled images ``(N, C, H, W)`` in [0, 1] (only the hole is meant to be used)."""
-        context = self.cwfc(self.backbone.feature_map(self.normalize(masked)))
-        return torch.sigmoid(self.decoder(self.channel_mix(context)))
+        """F: mean-filled images ``(N, C, H, W)`` in [0, 1] → predicted images, same shape."""
+        fmap = self.backbone.feature_map(self.normalize(masked))  # (N, m, n, n)
+        context = self.channel_mix(self.cwfc(fmap))  # (N, m, n, n)
+        return torch.sigmoid(self.decoder(context))  # (N, C, H, W) in [0, 1]
 
-    def hide(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Fill the masked pixels ``(N, 1, H, W)`` of ``images`` with the dataset mean (§4)."""
-        return torch.where(mask, self.pixel_mean.to(images.dtype), images)
-
-    def _eval_masks(self, images: torch.Tensor) -> torch.Tensor:
-        generator = torch.Generator(device=images.device).manual_seed(EVAL_SEED)
-        return make_masks(self.options.mask, len(images), images.shape[-1], images.device,
-                          generator)
-
-    # ---------------------------------------------------------------- training
-
-    def default_optim(self, batch_size: int) -> list[OptimConfig]:
-        """Adam, β1 = 0.5, no weight decay: the encoder–decoder at 2e-3, then (with the
-        adversarial loss) the discriminator at 2e-4 (§4; released ``train.lua``)."""
-        generator = OptimConfig("adam", lr=2e-3, weight_decay=0.0, betas=(0.5, 0.999))
-        if self.discriminator is None:
-            return [generator]
-        return [generator, OptimConfig("adam", lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))]
-
-    def configure_optimizers(self, optims: list[OptimConfig]) -> list[torch.optim.Optimizer]:
-        """The encoder–decoder's optimizer (every parameter outside the discriminator),
-        then the discriminator's.
-
-        Raises:
-            OptionError: if ``optims`` does not have one entry per network.
-        """
-        expected = 1 if self.discriminator is None else 2
-        if len(optims) != expected:
-            raise OptionError(f"context-encoder takes {expected} optimizer settings "
-                              f"(encoder–decoder{', discriminator' * (expected - 1)}), "
-                              f"got {len(optims)}")
-        discriminator = set(self.discriminator.parameters()) if self.discriminator else set()
-        generator = [p for p in self.parameters() if p.requires_grad and p not in discriminator]
-        built = [optims[0].build(generator)]
-        if self.discriminator is not None:
-            built.append(optims[1].build(list(self.discriminator.parameters())))
-        return built
-
-    def training_step(self, images: torch.Tensor,
-                      optimizers: list[torch.optim.Optimizer]) -> Logs:
-        """One discriminator step, then one encoder–decoder step, on fresh masks.
-
-        Args:
-            images: ``(N, C, H, W)`` float in [0, 1].
-            optimizers: from :meth:`configure_optimizers`.
-
-        Returns:
-            ``loss`` (the encoder–decoder's total), ``rec_loss``, and with the
-            adversarial loss ``adv_loss`` (generator) and ``disc_loss``.
-        """
+    def fill_holes(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Holes drawn from the global RNG, filled with the dataset mean (§4), inpainted:
+        ``mask`` ``(N, 1, H, W)`` bool, mean-filled input and prediction ``(N, C, H, W)``."""
         mask = make_masks(self.options.mask, len(images), images.shape[-1], images.device)
-        weights = loss_weights(mask, self.overlap_px, self.options.overlap_weight)
-        patch = (weights > 0).to(images.dtype)  # hole plus border: what F is asked to predict
-        prediction = self.inpaint(self.hide(images, mask))
-        logs: Logs = {}
+        masked = torch.where(mask, self.pixel_mean.to(images.dtype), images)  # (N, C, H, W)
+        return mask, masked, self.inpaint(masked)  # prediction (N, C, H, W)
 
+    def objective(self, images: torch.Tensor, mask: torch.Tensor, masked: torch.Tensor,
+                  prediction: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """F's loss (§3.2) against the current discriminator, a fixed critic here, and
+        its logs: ``rec_loss``, ``adv_loss`` (if adversarial), and the PSNR (dB) over
+        the hole of the prediction (``psnr_db``) and of the mean fill (``input_psnr_db``)."""
+        weights = loss_weights(mask, self.overlap_px, self.options.overlap_weight)  # (N, 1, H, W)
+        patch = (weights > 0).to(images.dtype)  # (N, 1, H, W): hole + border, what F predicts
+        err = (prediction.float() - images.float()).pow(2) * weights  # (N, C, H, W)
+        rec_loss = err.sum() / (patch.sum() * images.shape[1])  # mean over the patch
+        loss, logs = rec_loss, {"rec_loss": rec_loss.detach()}
         if self.discriminator is not None:
-            disc_opt = optimizers[1]
-            disc_opt.zero_grad(set_to_none=True)
-            real = self.discriminator(images * patch)
-            fake = self.discriminator(prediction.detach() * patch)
-            disc_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                         + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
-            disc_loss.backward()
-            disc_opt.step()
-            logs["disc_loss"] = disc_loss.detach()
-
-        gen_opt = optimizers[0]
-        gen_opt.zero_grad(set_to_none=True)
-        err = (prediction.float() - images.float()).pow(2) * weights
-        rec_loss = err.sum() / (patch.sum() * images.shape[1])
-        loss = rec_loss
-        if self.discriminator is not None:
-            self.discriminator.requires_grad_(False)  # D is a fixed critic in this step
-            judged = self.discriminator(prediction * patch)
+            self.discriminator.requires_grad_(False)
+            judged = self.discriminator(prediction * patch)  # (N,) logits
             self.discriminator.requires_grad_(True)
             adv_loss = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
             loss = (1.0 - self.options.adv_weight) * rec_loss + self.options.adv_weight * adv_loss
             logs["adv_loss"] = adv_loss.detach()
+        with torch.no_grad():
+            logs["psnr_db"] = psnr_db(prediction, images, mask).mean()
+            logs["input_psnr_db"] = psnr_db(masked, images, mask).mean()
+        return loss, logs
+
+    def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+        """:meth:`objective` on fresh holes in images ``(N, C, H, W)`` in [0, 1]."""
+        return self.objective(images, *self.fill_holes(images))
+
+    def default_optim(self, batch_size: int) -> list[OptimConfig]:
+        """Adam, β1 = 0.5, no weight decay: F at 2e-3, then D (if adversarial) at 2e-4 (§4)."""
+        rates = (2e-3,) if self.discriminator is None else (2e-3, 2e-4)
+        return [OptimConfig("adam", lr=lr, weight_decay=0.0, betas=(0.5, 0.999)) for lr in rates]
+
+    def configure_optimizers(self, optims: list[OptimConfig]) -> list[torch.optim.Optimizer]:
+        """F's optimizer (all but D's parameters), then D's; OptionError unless one per network."""
+        expected = 1 if self.discriminator is None else 2
+        if len(optims) != expected:
+            raise OptionError(f"context-encoder takes {expected} optimizer settings (encoder–"
+                              f"decoder{', discriminator' * (expected - 1)}), got {len(optims)}")
+        critic = list(self.discriminator.parameters()) if self.discriminator else []
+        generator = [p for name, p in self.named_parameters()
+                     if p.requires_grad and not name.startswith("discriminator.")]
+        return [optim.build(params) for optim, params in zip(optims, (generator, critic))]
+
+    def training_step(self, images: torch.Tensor, optimizers: list[torch.optim.Optimizer]) -> Logs:
+        """One D step, then one F step, on one draw of holes; logs ``disc_loss`` too."""
+        mask, masked, prediction = self.fill_holes(images)  # (N, 1, H, W), 2 × (N, C, H, W)
+        logs: Logs = {}
+        if self.discriminator is not None:
+            weights = loss_weights(mask, self.overlap_px, self.options.overlap_weight)
+            patch = (weights > 0).to(images.dtype)  # (N, 1, H, W)
+            optimizers[1].zero_grad(set_to_none=True)
+            real = self.discriminator(images * patch)  # (N,) logits
+            fake = self.discriminator(prediction.detach() * patch)  # (N,) logits
+            disc_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                         + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+            disc_loss.backward()
+            optimizers[1].step()
+            logs["disc_loss"] = disc_loss.detach()
+        optimizers[0].zero_grad(set_to_none=True)
+        loss, gen_logs = self.objective(images, mask, masked, prediction)
         loss.backward()
-        gen_opt.step()
-        return {"loss": loss.detach(), "rec_loss": rec_loss.detach(), **logs}
-
-    # ---------------------------------------------------------------- evaluation
-
-    @torch.no_grad()
-    def pretext_metrics(self, images: torch.Tensor) -> dict[str, float]:
-        """Inpainting quality on held-out images, over the hole only, with masks of the
-        training kind drawn from a fixed seed.
-
-        Returns:
-            ``masked_psnr_db``: PSNR (dB) of the prediction in the hole;
-            ``mean_fill_psnr_db``: PSNR of the dataset-mean fill there (the baseline).
-        """
-        mask = self._eval_masks(images)
-        masked = self.hide(images, mask)
-        prediction = self.inpaint(masked)
-        return {"masked_psnr_db": masked_psnr_db(prediction, images, mask).mean().item(),
-                "mean_fill_psnr_db": masked_psnr_db(masked, images, mask).mean().item()}
+        optimizers[0].step()
+        return {"loss": loss.detach(), **gen_logs, **logs}
 
     @torch.no_grad()
     def render(self, images: torch.Tensor):
-        """Rows: masked input (mean-filled), the prediction composited into the context,
-        the original."""
-        mask = self._eval_masks(images)
-        masked = self.hide(images, mask)
-        filled = torch.where(mask, self.inpaint(masked), images)
+        """Rows: mean-filled input, prediction pasted into the context, original."""
+        mask, masked, prediction = self.fill_holes(images)  # (n, 1, H, W), 2 × (n, C, H, W)
+        filled = torch.where(mask, prediction, images)  # (n, C, H, W)
         return image_rows([("masked input", masked), ("filled in", filled), ("original", images)],
                           title=f"context encoder ({self.options.mask} mask)")
 
     def summary(self) -> dict:
-        """Parameter counts of the CW-FC layer, decoder and discriminator, and the
-        border width in pixels."""
-        return {"cwfc_parameters": count_parameters(self.cwfc),
-                "decoder_parameters": count_parameters(self.decoder)
-                + count_parameters(self.channel_mix),
-                "discriminator_parameters": count_parameters(self.discriminator)
-                if self.discriminator is not None else 0,
-                "overlap_px": self.overlap_px}
+        """Adds the overlap border's width in pixels."""
+        return {**super().summary(), "overlap_px": self.overlap_px}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from backbones.base import Backbone
-from ssl_bench.registry import TASKS
+from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, PretextTask
 
 
@@ -26,13 +26,13 @@ class PixelIdentity(Backbone):
         self.stage_names = ["pixels"]
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [x]
+        return [x]  # [(N, C, H, W)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
+        return x.flatten(1)  # (N, C·H·W)
 
     def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return x.flatten(1), [x]
+        return x.flatten(1), [x]  # (N, C·H·W), [(N, C, H, W)]
 
 
 @TASKS.register("pixels")
@@ -47,9 +47,9 @@ class Pixels(PretextTask):
     backbone's table); the summary says so.
     """
 
-    name = "pixels"
     paper = "reference: raw pixels (Coates, Ng & Lee 2011, Table 1)"
     pretrains = False
+    reference = True
 
     def __init__(self, make_backbone: BackboneFactory, spec, options) -> None:
         super().__init__(make_backbone, spec, options)
@@ -57,5 +57,6 @@ class Pixels(PretextTask):
         self.unused_backbone = make_backbone.name
 
     def summary(self) -> dict:
-        return {"features": "standardized raw pixels",
+        """The base's (empty) parameter counts and a note that ``--backbone`` is unused."""
+        return {**super().summary(), "features": "standardized raw pixels",
                 "backbone_not_used": self.unused_backbone}

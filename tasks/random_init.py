@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssl_bench.registry import TASKS
+from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, PretextTask
 
 
@@ -16,10 +16,10 @@ class RandomInit(PretextTask):
     Features: the pooled backbone output on standardized images, ``(N, D)``.
     """
 
-    name = "random-init"
     paper = "baseline (no pretraining)"
     pretrains = False
+    reference = True
 
     def __init__(self, make_backbone: BackboneFactory, spec, options) -> None:
         super().__init__(make_backbone, spec, options)
-        self.backbone = make_backbone()
+        self.backbone = self.build_backbone(make_backbone)

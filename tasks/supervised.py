@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.registry import TASKS
+from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 
 
@@ -28,35 +28,35 @@ class Supervised(PretextTask):
     :meth:`loss`) because :attr:`uses_labels` is set; no other task sees labels.
     """
 
-    name = "supervised"
     paper = "reference: He et al. 2016, §4.2 (CIFAR-10 recipe)"
     uses_labels = True
+    reference = True
 
     def __init__(self, make_backbone: BackboneFactory, spec, options) -> None:
         super().__init__(make_backbone, spec, options)
-        self.backbone = make_backbone()
+        self.backbone = self.build_backbone(make_backbone)
         self.head = nn.Linear(self.backbone.num_features, spec.num_classes)
 
     def default_optim(self, batch_size: int) -> list[OptimConfig]:
         """SGD, lr 0.1·batch/128, momentum 0.9, weight decay 1e-4 (He et al. 2016, §4.2)."""
         return [OptimConfig("sgd", lr=0.1 * batch_size / 128, weight_decay=1e-4, momentum=0.9)]
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(N, num_classes)`` of images ``(N, C, H, W)`` in [0, 1]."""
+        x = self.normalize(images)  # (N, C, H, W)
+        x = self.backbone(x)  # (N, D)
+        return self.head(x)  # (N, num_classes)
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, Logs]:
-        """Softmax cross-entropy of the class logits.
-
-        Args:
-            images: ``(N, C, H, W)`` float in [0, 1].
-            labels: ``int64`` ``(N,)`` class indices.
-
-        Returns:
-            The mean cross-entropy (nats) and the batch top-1 (%) to log.
+        """Mean softmax cross-entropy (nats) of the class logits against ``labels``
+        (``int64`` ``(N,)``); logs the batch ``top1`` (%).
 
         Raises:
             ValueError: if ``labels`` is missing.
         """
         if labels is None:
             raise ValueError("the supervised reference needs labels")
-        logits = self.head(self.backbone(self.normalize(images)))
+        logits = self.logits(images)  # (N, num_classes)
         top1 = (logits.argmax(dim=1) == labels).float().mean() * 100.0
-        return F.cross_entropy(logits, labels), {"train_top1": top1.detach()}
+        return F.cross_entropy(logits, labels), {"top1": top1.detach()}

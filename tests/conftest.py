@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ssl_bench.build import build_task
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError
+from ssl_bench.core.spec import DataSpec
+from ssl_bench.core.errors import IncompatibleError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR10_ROOT = SHARED_DATA / "cifar10"

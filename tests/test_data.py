@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 
 from conftest import CIFAR10_ROOT, MNIST_ROOT, needs_cifar10, needs_mnist
-from ssl_bench.data import load_dataset, random_hflip, subset_indices
-from ssl_bench.errors import DataError, OptionError, UnknownNameError
+from ssl_bench.core.images import random_hflip
+from ssl_bench.core.subsets import subset_indices
+from ssl_bench.datasets import load_dataset
+from ssl_bench.core.errors import DataError, OptionError, UnknownNameError
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from eval.knn import KNNEvaluator
-from ssl_bench.errors import OptionError, SslBenchError
-from ssl_bench.registry import EVALUATORS, load_builtins
+from ssl_bench.core.errors import OptionError, SslBenchError
+from ssl_bench.core.registry import EVALUATORS
 
 
 def reference_votes(train, train_labels, test, num_classes, k, temperature):
@@ -123,7 +123,6 @@ def test_bad_options_raise(options):
 
 
 def test_registered_and_constructible_without_arguments():
-    load_builtins()
     knn = EVALUATORS.get("knn")()
     assert knn.name == "knn" and knn.ks == (20, 200) and knn.temperature == 0.07
     assert EVALUATORS.get("knn")(ks=50).ks == (50,)

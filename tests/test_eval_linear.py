@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from eval.features import extract_features, extract_features_and_stages, stage_grid
 from eval.linear import LinearClassifiers, LinearProbe, validation_split
-from ssl_bench.errors import DataError, OptionError, SslBenchError
-from ssl_bench.registry import EVALUATORS, load_builtins
+from ssl_bench.core.errors import DataError, OptionError, SslBenchError
+from ssl_bench.core.registry import EVALUATORS
 
 METRICS = {"linear_top1", "linear_top5", "linear_val_top1", "linear_lr", "linear_wd"}
 
@@ -190,7 +190,6 @@ def test_bad_options_raise(options):
 
 
 def test_registered_and_constructible_without_arguments():
-    load_builtins()
     probe = EVALUATORS.get("linear")()
     assert probe.name == "linear" and len(probe.grid) == 9 and probe.val_fraction == 0.1
     assert EVALUATORS.get("linear")(lrs=0.1, weight_decays=0).grid == [(0.1, 0.0)]

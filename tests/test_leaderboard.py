@@ -9,16 +9,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ssl_bench.errors import DataError, OptionError
-from ssl_bench.leaderboard import (COLUMNS, aggregate_seeds, confidence_interval, config_name,
-                                   leaderboard_frame, write_leaderboard)
-from ssl_bench.rundir import atomic_write_json
+from ssl_bench.core.errors import DataError, OptionError
+from ssl_bench.core.rundir import atomic_write_json
+from ssl_bench.leaderboard import (IDENTITY, aggregate_seeds, confidence_interval,
+                                   headline_metrics, leaderboard_frame, write_leaderboard)
 
 
-def _fake_run(root, name, task, knn, seed=0, linear=50.0, **extra):
+def _fake_run(root, name, task, knn, seed=0, linear=50.0, config_id=None, **extra):
     atomic_write_json(root / name / "results.json", {
         "task": task, "backbone": "convnet", "dataset": "digits", "epochs": 1, "images_seen": 10,
-        "seed": seed, "metrics": {"knn_top1_k20": knn, "linear_top1": linear},
+        "seed": seed, "config_id": config_id or f"id-{task}", "reference": task == "random-init",
+        "metrics": {"knn_top1_k20": knn, "linear_top1": linear},
         "pretext": {"psnr_db": 20.0 + seed}, "cost": {"train_seconds": 1.0 + seed},
         "command": f"ssl-bench run --task {task} --seed {seed}", **extra})
 
@@ -30,11 +31,30 @@ def test_leaderboard_rows_and_columns(tmp_path):
     summary, runs = write_leaderboard([tmp_path / "runs"], tmp_path / "out" / "lb.csv")
     assert list(runs["task"]) == ["random-init", "denoising"]  # sorted by k-NN top-1
     assert list(summary["task"]) == ["random-init", "denoising"]
+    assert list(summary["reference"]) == [True, False]  # recorded by the run, not by name
     per_run = pd.read_csv(tmp_path / "out" / "lb_runs.csv")
-    assert [c for c, _ in COLUMNS] == list(per_run.columns[:len(COLUMNS)])
-    assert {"pretext_psnr_db", "config", "run", "command"} <= set(per_run.columns)
+    assert list(per_run.columns[:len(IDENTITY)]) == IDENTITY
+    assert {"pretext_psnr_db", "config_id", "run", "command"} <= set(per_run.columns)
     assert list(per_run["run"]) == ["b", "a"]
     assert (tmp_path / "out" / "lb.md").read_text().startswith("|")
+
+
+def test_columns_come_from_the_recorded_metrics(tmp_path):
+    """Any evaluator, low-shot percentage or layer a run recorded gets a column;
+    directory names play no part."""
+    _fake_run(tmp_path, "whatever-name-1", "jigsaw", 60.0, metrics={
+        "knn_top1_k10": 61.0, "knn_top1_k50": 59.0, "linear_top1": 55.0,
+        "linear_top1_5pct": 41.0, "linear_top1_0.5pct": 22.0, "svm_top1": 57.0},
+        layers=[{"name": "stage1", "linear_top1": 44.0}, {"name": "stage2", "linear_top1": 47.0}])
+    runs = leaderboard_frame([tmp_path])
+    assert {"knn_top1_k10", "knn_top1_k50", "linear_top1_5pct", "linear_top1_0.5pct",
+            "svm_top1", "layer_stage1_linear_top1", "layer_stage2_linear_top1"} <= set(runs)
+    summary = aggregate_seeds(runs)
+    headers = [header for _, header, _ in headline_metrics(summary)]
+    assert headers[:4] == ["k-NN top-1, k=10 (%)", "linear top-1 (%)",
+                           "linear top-1, 0.5% labels (%)", "linear top-1, 5% labels (%)"]
+    md = (write_leaderboard([tmp_path], tmp_path / "lb.csv")[0], (tmp_path / "lb.md").read_text())
+    assert "5% labels" in md[1] and "41.0" in md[1]
 
 
 def test_confidence_interval_matches_scipy_t_interval():
@@ -59,30 +79,20 @@ def test_confidence_interval_of_one_value_is_nan():
         confidence_interval([1.0, 2.0], level=95)
 
 
-@pytest.mark.parametrize("name, config", [
-    ("jigsaw-convnet-cifar10-s12-433c200a", "jigsaw-convnet-cifar10-433c200a"),
-    ("random-init-convnet-digits-s0", "random-init-convnet-digits"),
-    ("mae-timm_vit_s16-digits-s3", "mae-timm_vit_s16-digits"),
-    ("my-custom-name", "my-custom-name"),
-])
-def test_config_name_drops_only_the_seed(name, config):
-    assert config_name(name) == config
-
-
 def test_aggregation_groups_seeds_and_keeps_per_run_rows(tmp_path):
     root = tmp_path / "runs"
     knn = [60.0, 62.0, 67.0]
     for seed, value in enumerate(knn):
-        _fake_run(root, f"jigsaw-convnet-digits-s{seed}-0123abcd", "jigsaw", value, seed=seed,
+        _fake_run(root, f"run{seed}", "jigsaw", value, seed=seed, config_id="0123abcd",
                   linear=None if seed == 2 else 50.0 + seed)
-    _fake_run(root, "jigsaw-convnet-digits-s0-89abcdef", "jigsaw", 40.0)  # another config
-    _fake_run(root, "random-init-convnet-digits-s0", "random-init", 30.0)
+    _fake_run(root, "run3", "jigsaw", 40.0, config_id="89abcdef")  # another configuration
+    _fake_run(root, "run4", "random-init", 30.0, config_id="ri")
     summary, runs = write_leaderboard([root], tmp_path / "out" / "leaderboard.csv")
 
     assert len(runs) == 5 and len(pd.read_csv(tmp_path / "out" / "leaderboard_runs.csv")) == 5
     csv = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     assert len(csv) == 3
-    row = csv.set_index("config").loc["jigsaw-convnet-digits-0123abcd"]
+    row = csv.set_index("config_id").loc["0123abcd"]
     assert (row["n"], row["seeds"]) == (3, "0,1,2")
     assert row["knn_top1_k20_mean"] == pytest.approx(np.mean(knn))
     assert row["knn_top1_k20_std"] == pytest.approx(np.std(knn, ddof=1), abs=1e-4)
@@ -94,7 +104,7 @@ def test_aggregation_groups_seeds_and_keeps_per_run_rows(tmp_path):
     assert row["pretext_psnr_db_mean"] == pytest.approx(21.0)
     assert row["epochs"] == 1
 
-    single = csv.set_index("config").loc["random-init-convnet-digits"]
+    single = csv.set_index("config_id").loc["ri"]
     assert single["n"] == 1 and single["knn_top1_k20_mean"] == 30.0
     assert np.isnan(single["knn_top1_k20_std"]) and np.isnan(single["knn_top1_k20_ci95_low"])
 
@@ -102,17 +112,27 @@ def test_aggregation_groups_seeds_and_keeps_per_run_rows(tmp_path):
     table = {cells[3]: cells for cells in (
         [c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()
         if line.startswith("|"))}
-    assert table["config"][:6] == ["task", "backbone", "dataset", "config", "n", "k-NN top-1 (%)"]
-    assert table["jigsaw-convnet-digits-0123abcd"][4:6] == ["3", f"63.0 ± {(high - low) / 2:.1f}"]
-    assert table["random-init-convnet-digits"][4:6] == ["1", "30.0"]  # n = 1: no interval
+    assert table["config_id"][:6] == ["task", "backbone", "dataset", "config_id", "n",
+                                      "k-NN top-1, k=20 (%)"]
+    assert table["0123abcd"][4:6] == ["3", f"63.0 ± {(high - low) / 2:.1f}"]
+    assert table["ri"][4:6] == ["1", "30.0"]  # n = 1: no interval
+    assert table["ri"][0] == "random-init (ref.)"
     assert "leaderboard_runs.csv" in md
+
+
+def test_a_repeated_seed_of_one_configuration_counts_once(tmp_path, capsys):
+    _fake_run(tmp_path, "a", "random-init", 30.0, epochs=1)
+    _fake_run(tmp_path, "b", "random-init", 30.0, epochs=20)  # random-init ignores epochs
+    summary = aggregate_seeds(leaderboard_frame([tmp_path]))
+    assert summary.loc[0, "n"] == 1
+    assert "repeats configuration" in capsys.readouterr().err
 
 
 def test_aggregate_seeds_of_single_runs_does_not_crash(tmp_path):
     _fake_run(tmp_path, "vae-convnet-digits-s0", "vae", 55.0, metrics={})
     summary = aggregate_seeds(leaderboard_frame([tmp_path]))
     assert summary.loc[0, "n"] == 1
-    assert np.isnan(summary.loc[0, "knn_top1_k20_mean"])
+    assert "knn_top1_k20_mean" not in summary  # nothing recorded, no column
     with pytest.raises(DataError, match="no runs"):
         aggregate_seeds(pd.DataFrame())
 

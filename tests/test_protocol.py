@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from conftest import RGB32
-from eval import LinearProbe, Protocol, extract_features_and_stages, lowshot_sizes
+from eval.features import extract_features_and_stages
+from eval.linear import LinearProbe
+from eval.protocol import Protocol, lowshot_sizes
 from eval.knn import KNNEvaluator
 from eval.protocol import MIN_LOWSHOT_PER_CLASS, lowshot_key
 from ssl_bench.build import build_task
-from ssl_bench.data import balanced_subset_indices
-from ssl_bench.errors import OptionError
+from ssl_bench.core.subsets import balanced_subset_indices
+from ssl_bench.core.errors import OptionError
 
 
 def _images(n: int = 6) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from ssl_bench.cli import main
-from ssl_bench.errors import DataError
+from ssl_bench.core.errors import DataError
 from ssl_bench.report import build_report, first_seeds, layer_frame, load_runs
-from ssl_bench.rundir import atomic_write_json
+from ssl_bench.core.rundir import atomic_write_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LAYERS = {"convnet": ["stage1", "stage2", "stage3", "stage4"],
@@ -26,6 +26,7 @@ def _fake_run(root, task, backbone, seed, picture=True, sample=True, layers=True
     acc = 40.0 + 5 * seed + len(task)
     record = {
         "task": task, "backbone": backbone, "dataset": "digits", "seed": seed, "epochs": 2,
+        "config_id": f"{task}-id", "reference": task in ("random-init", "pixels"),
         "batch_size": 64, "pretrain_images": 1000, "eval_train_images": 900, "test_images": 360,
         "images_seen": 1984, "steps": 31,
         "metrics": {"knn_top1_k20": acc, "linear_top1": acc + 3, "linear_top1_1pct": acc - 9,
@@ -76,10 +77,11 @@ def test_report_links_every_figure(runs, tmp_path):
     assert all((out / link).read_bytes().startswith(PNG) for link in links)
     assert {"figures/leaderboard_bars.png", "figures/accuracy_vs_cost.png",
             "figures/layer_probes.png", "figures/projection_digits.png",
-            "figures/task_jigsaw_convnet_digits.png", "figures/task_mae_vit_tiny_digits.png"} \
-        == set(links)
+            "figures/task_jigsaw_convnet_digits_jigsaw-id.png",
+            "figures/task_mae_vit_tiny_digits_mae-id.png"} == set(links)
     # the picture is the lowest seed's (seed 0 is black, seed 1 red)
-    assert Image.open(out / "figures/task_jigsaw_convnet_digits.png").getpixel((0, 0)) == (0, 0, 0)
+    picture = out / "figures/task_jigsaw_convnet_digits_jigsaw-id.png"
+    assert Image.open(picture).getpixel((0, 0)) == (0, 0, 0)
 
     assert text.startswith("# Digits sweep\n")
     assert "6 finished runs of 4 configurations" in text
@@ -130,5 +132,5 @@ def test_layer_frame_and_first_seeds(runs):
     jigsaw = layers[(layers["task"] == "jigsaw") & (layers["seed"] == 0)]
     assert list(jigsaw["index"]) == [1, 2, 3, 4]
     assert list(jigsaw["layer"]) == LAYERS["convnet"]
-    assert set(layers["config"]) >= {"jigsaw-convnet-digits-0123abcd"}
+    assert set(layers["config_id"]) >= {"jigsaw-id"}
     assert np.allclose(jigsaw["linear_top1"], [44, 46, 48, 50])

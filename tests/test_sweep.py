@@ -11,7 +11,7 @@ from ssl_bench.cli import main
 from ssl_bench.config import RunConfig, run_name
 from ssl_bench.runner import run_experiment
 from ssl_bench.sweep import ERROR_FILE, Sweep
-from ssl_bench.train import Interrupted
+from ssl_bench.core.errors import Interrupted
 
 TINY = ["--datasets", "digits", "--epochs", "2", "--train-subset", "64", "--batch-size", "32",
         "--eval-train-subset", "200", "--test-subset", "100", "--lowshot", "--no-layer-probes",

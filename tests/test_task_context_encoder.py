@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import GRAY28, RGB32, build_small_task
-from ssl_bench.errors import OptionError
-from tasks.base import OptimConfig
-from tasks.context_encoder import ChannelWiseFC, loss_weights, make_masks, masked_psnr_db
+from ssl_bench.core.errors import OptionError
+from tasks.base import OptimConfig, held_out_rng
+from tasks.blocks import psnr_db
+from tasks.context_encoder import ChannelWiseFC, loss_weights, make_masks
 
 
 def smooth_images(n: int, size: int = 32) -> torch.Tensor:
@@ -30,18 +33,19 @@ def _changed(params, before) -> bool:
 def test_shapes(spec):
     task = build_small_task("context-encoder", spec)
     images = torch.rand(4, spec.channels, spec.image_size, spec.image_size)
-    out = task.inpaint(task.hide(images, make_masks("center", 4, spec.image_size)))
-    assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
+    mask, masked, out = task.fill_holes(images)
+    assert mask.shape == (4, 1, spec.image_size, spec.image_size) and mask.dtype == torch.bool
+    assert masked.shape == out.shape == images.shape and 0 <= out.min() and out.max() <= 1
     task.eval()
     assert task.features(images).shape == (4, task.backbone.num_features)
-    assert set(task.pretext_metrics(images)) == {"masked_psnr_db", "mean_fill_psnr_db"}
+    assert set(task.pretext_metrics(images)) == {"loss", "rec_loss", "adv_loss", "psnr_db",
+                                                 "input_psnr_db"}
 
 
 def test_hidden_pixels_hold_the_dataset_mean():
     task = build_small_task("context-encoder", RGB32)
     images = torch.rand(2, 3, 32, 32)
-    mask = make_masks("random-region", 2, 32)
-    masked = task.hide(images, mask)
+    mask, masked, _ = task.fill_holes(images)
     assert torch.equal(masked[mask.expand_as(masked)].view(-1).unique(), torch.tensor([0.5]))
     assert torch.equal(masked[~mask.expand_as(masked)], images[~mask.expand_as(images)])
 
@@ -71,7 +75,7 @@ def test_cwfc_has_m_n4_weights_plus_a_bias_per_unit_and_mixes_no_channels():
 def test_cwfc_is_built_for_the_backbone_feature_map():
     task = build_small_task("context-encoder", RGB32)
     m, n = task.backbone.feature_channels, 4  # width-8 convnet: 64 channels of 4×4 at 32 px
-    assert task.summary()["cwfc_parameters"] == m * n**4 + m * n**2
+    assert task.summary()["parameters"]["cwfc"] == m * n**4 + m * n**2
 
 
 @pytest.mark.parametrize("size", [28, 32, 96])
@@ -85,10 +89,14 @@ def test_mask_area_fractions(size):
     assert make_masks("random-region", 64, size).shape == (64, 1, size, size)
 
 
-def test_masks_from_a_seeded_generator_repeat():
-    draw = [make_masks("random-block", 8, 32, generator=torch.Generator().manual_seed(3))
-            for _ in range(2)]
+@pytest.mark.parametrize("kind", ["random-block", "random-region"])
+def test_masks_repeat_under_the_same_global_seed(kind):
+    draw = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        draw.append(make_masks(kind, 8, 32))
     assert torch.equal(*draw)
+    assert not torch.equal(draw[0], make_masks(kind, 8, 32))
 
 
 def test_overlap_border_is_weighted_ten_times():
@@ -103,14 +111,16 @@ def test_overlap_border_is_weighted_ten_times():
 def test_overlap_scales_with_the_image_side():
     assert build_small_task("context-encoder", RGB32).overlap_px == 1  # 4 px of 128
     assert build_small_task("context-encoder", GRAY28, overlap=8 / 128).overlap_px == 2
+    assert build_small_task("context-encoder", RGB32).summary()["overlap_px"] == 1
 
 
-def test_masked_psnr_ignores_pixels_outside_the_mask():
-    target = torch.rand(2, 3, 8, 8)
-    mask = make_masks("center", 2, 8)
-    prediction = torch.where(mask, target + 0.1, torch.rand_like(target))
-    torch.testing.assert_close(masked_psnr_db(prediction, target, mask),
-                               torch.full((2,), 20.0), atol=1e-3, rtol=0)
+def test_psnr_logs_are_taken_over_the_hole():
+    task = build_small_task("context-encoder", RGB32, mask="center").eval()
+    images = torch.full((2, 3, 32, 32), 0.6)  # the mean fill is off by 0.1: 20 dB in the hole
+    _, logs = task.loss(images)
+    torch.testing.assert_close(float(logs["input_psnr_db"]), 20.0, atol=1e-3, rtol=0)
+    mask, _, prediction = task.fill_holes(images)
+    torch.testing.assert_close(logs["psnr_db"], psnr_db(prediction, images, mask).mean())
 
 
 def test_two_optimizers_partition_the_parameters():
@@ -149,7 +159,8 @@ def test_reconstruction_only_has_no_discriminator():
     logs = task.training_step(torch.rand(4, 3, 32, 32),
                               task.configure_optimizers(task.default_optim(8)))
     assert torch.equal(logs["loss"], logs["rec_loss"]) and "adv_loss" not in logs
-    assert task.summary()["discriminator_parameters"] == 0
+    assert "discriminator" not in task.summary()["parameters"]
+    assert "adv_loss" not in task.loss(torch.rand(4, 3, 32, 32))[1]
     with pytest.raises(OptionError):
         task.configure_optimizers([OptimConfig(), OptimConfig()])
 
@@ -162,11 +173,49 @@ def test_joint_loss_weights():
     torch.testing.assert_close(logs["loss"], expected)
 
 
-def test_eval_metrics_are_deterministic():
+def test_loss_is_the_encoder_decoder_objective_of_the_training_step():
     task = build_small_task("context-encoder", RGB32)
-    task.eval()
+    twin = copy.deepcopy(task)
     images = torch.rand(4, 3, 32, 32)
-    assert task.pretext_metrics(images) == task.pretext_metrics(images)
+    task.train()
+    twin.train()
+    torch.manual_seed(5)
+    loss, logs = task.loss(images)
+    torch.manual_seed(5)
+    step_logs = twin.training_step(images, twin.configure_optimizers(twin.default_optim(4)))
+    for key in ("rec_loss", "psnr_db", "input_psnr_db"):  # D moved in between: adv_loss differs
+        assert torch.equal(logs[key], step_logs[key])
+    expected = 0.999 * logs["rec_loss"] + 0.001 * logs["adv_loss"]
+    torch.testing.assert_close(loss.detach(), expected)
+    assert loss.requires_grad and all(not v.requires_grad for v in logs.values())
+
+
+def test_held_out_metrics_are_deterministic():
+    task = build_small_task("context-encoder", RGB32)
+    images = torch.rand(8, 3, 32, 32)
+    first = task.held_out_metrics([images[:4], images[4:]])
+    torch.rand(100)  # advance the global RNG
+    state = torch.get_rng_state()
+    assert task.held_out_metrics([images[:4], images[4:]]) == first
+    assert torch.equal(torch.get_rng_state(), state) and task.training
+
+
+def test_render_under_the_held_out_rng_is_deterministic_and_leaves_the_global_rng_alone():
+    import matplotlib.pyplot as plt
+
+    task = build_small_task("context-encoder", RGB32).eval()
+    images = torch.rand(3, 3, 32, 32)
+    state = torch.get_rng_state()
+    figures = []
+    for _ in range(2):
+        with held_out_rng():  # as the runner draws every task's picture
+            figures.append(task.render(images))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(figures[0].axes) == 3 * 3
+    pixels = [[ax.images[0].get_array() for ax in fig.axes] for fig in figures]
+    assert all((a == b).all() for a, b in zip(*pixels))
+    for fig in figures:
+        plt.close(fig)
 
 
 @pytest.mark.parametrize("key,value", [("mask", "square"), ("adv_weight", 1.5),

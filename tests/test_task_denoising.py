@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bench.build import build_task
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import OptionError
-from tasks.decoders import ConvDecoder, probe_feature_map
-from tasks.denoising import corrupt, psnr_db
+from ssl_bench.core.errors import OptionError
+from ssl_bench.core.spec import DataSpec
+from tasks.blocks import ConvDecoder, psnr_db
+from tasks.denoising import corrupt
 
 RGB32 = DataSpec("test", channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
 RGB16 = DataSpec("test", channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
@@ -37,9 +37,8 @@ def test_shapes(spec):
     recon = task.reconstruct(x)
     assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
     assert task.features(x).shape == (4, task.backbone.num_features)
-    assert set(task.pretext_metrics(x)) == {"psnr_db", "corrupted_psnr_db"}
-    summary = task.summary()
-    assert summary["decoder_parameters"] > 0 and summary["noise"] == "gaussian"
+    assert set(task.pretext_metrics(x)) == {"loss", "psnr_db", "input_psnr_db"}
+    assert task.summary()["parameters"]["decoder"] > 0
 
 
 @pytest.mark.parametrize("in_size,out_size,stages",
@@ -56,7 +55,7 @@ def test_probe_keeps_batchnorm_statistics_and_mode():
     task = make_task()
     task.backbone.train()
     before = {k: v.clone() for k, v in task.backbone.state_dict().items()}
-    assert probe_feature_map(task.backbone, 3, 32) == (task.backbone.feature_channels, 4, 4)
+    assert task.backbone.feature_map_shape() == (task.backbone.feature_channels, 4, 4)
     assert task.backbone.training
     for k, v in task.backbone.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -71,14 +70,40 @@ def test_loss_falls_and_denoises_fixed_batch(loss, noise):
     optimizers = task.configure_optimizers(task.default_optim(len(x)))
     losses = [float(task.training_step(x, optimizers)["loss"]) - floor for _ in range(25)]
     assert sum(losses[-5:]) < 0.75 * sum(losses[:5])
-    metrics = task.eval().pretext_metrics(x)
-    assert metrics["psnr_db"] > metrics["corrupted_psnr_db"] + 1.0
+    metrics = task.held_out_metrics([x])
+    assert metrics["psnr_db"] > metrics["input_psnr_db"] + 1.0
 
 
 def test_bce_reconstruction_is_sigmoid_of_logits():
     task = make_task(loss="bce").eval()
     x = smooth_images(2, RGB32)
     assert torch.allclose(task.reconstruct(x), task.decode(x).sigmoid())
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_loss_logs_psnr_of_reconstruction_and_input(loss):
+    task = make_task(loss=loss).eval()
+    x = smooth_images(4, RGB32)
+    torch.manual_seed(3)
+    _, logs = task.loss(x)
+    torch.manual_seed(3)
+    corrupted = task.corrupt(x)  # the same draws as inside loss
+    with torch.no_grad():
+        expected = psnr_db(task.reconstruct(corrupted), x).mean()
+    torch.testing.assert_close(logs["psnr_db"], expected)
+    torch.testing.assert_close(logs["input_psnr_db"], psnr_db(corrupted, x).mean())
+    assert not logs["psnr_db"].requires_grad
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "masking", "salt-and-pepper"])
+def test_held_out_metrics_are_deterministic(noise):
+    task = make_task(RGB16, noise=noise)
+    x = smooth_images(6, RGB16)
+    first = task.held_out_metrics([x[:4], x[4:]])
+    torch.rand(100)  # advance the global RNG
+    assert task.held_out_metrics([x[:4], x[4:]]) == first
+    assert set(first) == {"loss", "psnr_db", "input_psnr_db"}
+    assert task.training  # held_out_metrics restores the mode
 
 
 def test_masking_zeroes_exactly_fraction_of_pixels():

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from ssl_bench.build import build_task
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError, OptionError
-from tasks.jigsaw import (gather_tiles, hamming_statistics, max_hamming_permutations,
-                          sample_tile_positions, standardize, tile_geometry)
+from ssl_bench.core.errors import IncompatibleError, OptionError
+from ssl_bench.core.spec import DataSpec
+from tasks.blocks import crop_squares, standardize
+from tasks.jigsaw import (MIN_TILE_STD, hamming_statistics, max_hamming_permutations,
+                          sample_tile_positions, tile_geometry)
 
 RGB32 = DataSpec("test", channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
 GRAY28 = DataSpec("test", channels=1, image_size=28, mean=(0.5,), std=(0.25,), hflip=False)
@@ -81,6 +82,8 @@ def test_summary_reports_permutation_buffer_statistics():
     summary = task.summary()
     assert summary["hamming_mean"] == pytest.approx(mean) and summary["hamming_min"] == minimum
     assert summary["chance_top1"] == pytest.approx(100 / 12)
+    assert (summary["cell_size"], summary["tile_size"]) == (10, 8)
+    assert set(summary["parameters"]) == {"backbone", "tile_fc", "classifier"}
 
 
 # ------------------------------------------------------------------ tiles
@@ -114,11 +117,11 @@ def test_grayscale_input_is_not_jittered():
     assert corners.shape == (8, 9, 1, 2)
 
 
-def test_gather_tiles_cuts_the_right_pixels():
+def test_tiles_are_the_pixels_at_their_corners():
     torch.manual_seed(0)
     images = torch.rand(4, 3, 32, 32)
     _, corners = sample_tile_positions(4, 3, 32, 10, 8, jitter=1)
-    tiles = gather_tiles(images, corners, 8)
+    tiles = crop_squares(images, corners, 8)
     assert tiles.shape == (4, 9, 3, 8, 8)
     for n, k, c in itertools.product(range(4), range(9), range(3)):
         y, x = corners[n, k, c].tolist()
@@ -149,10 +152,10 @@ def test_grayscale_probability(prob, gray):
 
 def test_standardize_per_tile():
     x = torch.rand(5, 9, 3, 8, 8) * 3 + 2
-    z = standardize(x.flatten(0, 1), dims=(1, 2, 3))
+    z = standardize(x.flatten(0, 1), MIN_TILE_STD)
     assert torch.allclose(z.mean(dim=(1, 2, 3)), torch.zeros(45), atol=1e-5)
     assert torch.allclose(z.std(dim=(1, 2, 3)), torch.ones(45), atol=1e-5)
-    flat = standardize(torch.full((1, 1, 4, 4), 0.3), dims=(1, 2, 3))
+    flat = standardize(torch.full((1, 1, 4, 4), 0.3), MIN_TILE_STD)
     assert flat.abs().max() < 1e-4  # std floored: a flat tile stays flat, no division by 0
 
 
@@ -165,11 +168,11 @@ def test_shapes(spec):
     assert task.backbone.img_size == task.tile_size
     x = torch.rand(4, spec.channels, spec.image_size, spec.image_size)
     tiles, labels = task.make_puzzles(x)
-    assert task.classify(tiles).shape == (4, 10)
+    assert task.logits(tiles).shape == (4, 10)
     assert labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() < 10
     task.eval()
     assert task.features(x).shape == (4, task.backbone.num_features)
-    assert set(task.pretext_metrics(x)) == {"pretext_top1"}
+    assert set(task.pretext_metrics(x)) == {"loss", "top1"}
 
 
 def test_features_are_invariant_to_per_image_brightness_and_contrast():
@@ -191,8 +194,19 @@ def test_loss_falls_on_fixed_puzzles():
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
 
 
+def test_held_out_metrics_are_deterministic():
+    """Same test images, same puzzles: the global RNG's state does not matter."""
+    task = make_task()
+    x = torch.rand(10, 3, 32, 32)
+    first = task.held_out_metrics([x[:6], x[6:]])
+    torch.rand(1000)
+    assert task.held_out_metrics([x[:6], x[6:]]) == first
+    assert set(first) == {"loss", "top1"} and 0 <= first["top1"] <= 100
+    assert task.training
+
+
 def test_vit_backbone_is_incompatible():
-    with pytest.raises(IncompatibleError, match="ViT"):
+    with pytest.raises(IncompatibleError, match="CNN"):
         make_task(backbone="vit_tiny")
 
 

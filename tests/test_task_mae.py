@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ssl_bench.build import build_task
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError, OptionError
+from ssl_bench.core.errors import IncompatibleError, OptionError
+from ssl_bench.core.spec import DataSpec
+from tasks.base import HELD_OUT_SEED
 from tasks.mae import masked_mse, random_masking, take_tokens
 
 RGB16 = DataSpec("test", channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
@@ -34,7 +35,7 @@ def test_shapes(task):
     assert task.forward_decoder(latent, ids_restore).shape == (5, 16, 4 * 4 * 3)
     task.eval()
     assert task.features(x).shape == (5, 192)
-    assert set(task.pretext_metrics(x)) == {"masked_mse", "masked_psnr_db"}
+    assert set(task.pretext_metrics(x)) == {"loss", "psnr_db"}
     task.train()
 
 
@@ -188,8 +189,50 @@ def test_features_see_the_whole_unmasked_image(task):
 
 def test_summary(task):
     s = task.summary()
-    assert s["num_patches"] == 16 and s["num_visible"] == 4
-    assert 0 < s["decoder_parameters"] < s["encoder_parameters"]
+    assert s["patch_size"] == 4 and s["num_patches"] == 16 and s["num_visible"] == 4
+    parts = s["parameters"]
+    decoder = sum(n for name, n in parts.items() if name != "backbone")
+    assert set(parts) >= {"backbone", "decoder_embed", "decoder_blocks", "decoder_pred",
+                          "mask_token"}
+    assert 0 < decoder < parts["backbone"]
+    # The frozen sin-cos position embedding is not counted.
+    assert parts["backbone"] == sum(p.numel() for p in task.backbone.parameters()) - 17 * 192
+
+
+def test_loss_logs_psnr_of_masked_pixels(task):
+    images = torch.rand(4, 3, 16, 16)
+    torch.manual_seed(3)
+    loss, logs = task.loss(images)
+    assert set(logs) == {"psnr_db"} and not logs["psnr_db"].requires_grad
+    assert loss.requires_grad
+    # The PSNR of the un-normalised prediction on masked patches, recomputed by hand.
+    torch.manual_seed(3)
+    with torch.no_grad():
+        x = task.normalize(images)
+        latent, mask, ids_restore = task.forward_encoder(x)
+        pred = task.forward_decoder(latent, ids_restore)
+        _, mean, std = task.target(x)
+        pixels = (task.unpatchify(pred * std + mean) * 0.25 + 0.5).clamp(0, 1)
+        err = (task.patchify(pixels) - task.patchify(images)).pow(2).mean(-1)
+        mse = (err * mask).sum(1) / mask.sum(1)
+    assert float(logs["psnr_db"]) == pytest.approx(float((-10 * mse.log10()).mean()), rel=1e-5)
+
+
+def test_held_out_metrics_are_deterministic(task):
+    images = torch.rand(6, 3, 16, 16)
+    batches = [images[:4], images[4:]]
+    first = task.held_out_metrics(batches)
+    torch.rand(100)  # advance the global RNG
+    assert task.held_out_metrics(batches) == first
+    assert set(first) == {"loss", "psnr_db"} and task.training
+    # One batch: the task's own loss and logs in eval mode at the fixed seed.
+    held_out = task.held_out_metrics([images])
+    task.eval()
+    torch.manual_seed(HELD_OUT_SEED)
+    with torch.no_grad():
+        loss, logs = task.loss(images)
+    task.train()
+    assert held_out == {"loss": float(loss), "psnr_db": float(logs["psnr_db"])}
 
 
 def test_render_returns_figure(task):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ssl_bench.build import build_task
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError, OptionError
+from ssl_bench.core.errors import IncompatibleError, OptionError
+from ssl_bench.core.spec import DataSpec
 from tasks.relative_patch import (NEIGHBOUR_OFFSETS, Geometry, drop_color, patch_geometry,
                                   pixelate, project_color, sample_pairs)
 
@@ -34,9 +34,10 @@ def test_hand_made_grid_gives_the_right_label():
     images = image.expand(200, 1, -1, -1)
     torch.manual_seed(0)
     patches, labels, _ = sample_pairs(images, geometry)
-    assert torch.all(patches[0] == 4)  # the centre cell
-    cell = patches[1, :, 0, 0, 0].long()
-    assert torch.all(patches[1] == cell.view(-1, 1, 1, 1))  # one whole cell, no gap pixels
+    assert patches.shape == (200, 2, 1, 7, 7)
+    assert torch.all(patches[:, 0] == 4)  # the centre cell
+    cell = patches[:, 1, 0, 0, 0].long()
+    assert torch.all(patches[:, 1] == cell.view(-1, 1, 1, 1))  # one whole cell, no gap pixels
     offsets = torch.stack([cell // 3 - 1, cell % 3 - 1], dim=1)
     assert torch.equal(offsets, torch.tensor(NEIGHBOUR_OFFSETS)[labels])
     assert set(labels.tolist()) == set(range(8))
@@ -50,13 +51,14 @@ def test_patches_stay_inside_for_all_jitter_draws(size):
     images = (rows * size + rows.transpose(-1, -2)).expand(3000, 1, -1, -1)
     torch.manual_seed(0)
     patches, labels, corners = sample_pairs(images, geometry)
+    assert corners.shape == (3000, 2, 1, 2)
     assert corners.min() >= 0 and corners.max() + geometry.patch <= size
     assert corners.min() == 0 and corners.max() + geometry.patch == size  # extremes reached
     # The crops are the pixels at the corners (each pixel's value encodes its position).
-    assert torch.equal(patches[..., 0, 0, 0], corners[..., 0] * size + corners[..., 1])
+    assert torch.equal(patches[..., 0, 0], corners[..., 0] * size + corners[..., 1])
     # Neighbour minus centre is the label's offset, up to twice the jitter.
     step = geometry.patch + geometry.gap
-    deviation = corners[1] - corners[0] - torch.tensor(NEIGHBOUR_OFFSETS)[labels] * step
+    deviation = corners[:, 1, 0] - corners[:, 0, 0] - torch.tensor(NEIGHBOUR_OFFSETS)[labels] * step
     assert deviation.abs().max() == 2 * geometry.jitter
 
 
@@ -97,13 +99,14 @@ def test_shapes(spec):
     task = make(spec=spec)
     n, c, s = 5, spec.channels, spec.image_size
     x = torch.rand(n, c, s, s)
-    prepared, labels, _ = task._pairs(x)
+    prepared, labels, corners = task.make_pairs(x)
     p = task.geometry.patch
     assert prepared.shape == (2, n, c, p, p) and labels.shape == (n,)
+    assert corners.shape == (n, 2, c, 2)
     assert task.logits(prepared).shape == (n, 8)
     task.eval()
     assert task.features(x).shape == (n, task.backbone.num_features)
-    assert set(task.pretext_metrics(x)) == {"pretext_top1"}
+    assert set(task.pretext_metrics(x)) == {"loss", "top1"}
     assert len(task.render(x[:3]).axes) == 2 * 3
 
 
@@ -117,6 +120,30 @@ def test_loss_falls_on_a_fixed_batch():
         torch.manual_seed(1)  # the same pairs, colour drops and pixelations every step
         losses.append(task.training_step(x, optimizers)["loss"].item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_rgb_corners_are_shared_by_the_channels():
+    torch.manual_seed(0)
+    patches, _, corners = sample_pairs(torch.rand(6, 3, 32, 32), patch_geometry(32))
+    assert patches.shape == (6, 2, 3, 7, 7)
+    assert torch.equal(corners, corners[:, :, :1].expand_as(corners))
+
+
+def test_summary_reports_the_layout():
+    summary = make().summary()
+    assert (summary["patch_size"], summary["gap"], summary["jitter"]) == (7, 3, 1)
+    assert set(summary["parameters"]) == {"backbone", "fc6", "fusion"}
+
+
+def test_held_out_metrics_are_deterministic():
+    """Same test images, same pairs, drops and pixelations whatever the global RNG."""
+    task = make()
+    x = torch.rand(10, 3, 32, 32)
+    first = task.held_out_metrics([x[:6], x[6:]])
+    torch.rand(1000)
+    assert task.held_out_metrics([x[:6], x[6:]]) == first
+    assert set(first) == {"loss", "top1"} and 0 <= first["top1"] <= 100
+    assert task.training
 
 
 def test_vit_backbones_are_refused():

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from backbones import build_backbone
 from ssl_bench.build import build_task
-from ssl_bench.data import DataSpec
-from ssl_bench.errors import IncompatibleError, OptionError
+from ssl_bench.core.errors import IncompatibleError, OptionError
+from ssl_bench.core.spec import DataSpec
+from tasks.base import count_parameters
 from tasks.color import in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l, rgb_to_lab
 from tasks.split_brain import SplitBrain
 
@@ -94,7 +95,32 @@ def test_shapes_and_features_are_both_halves():
     stages = task.feature_stages(x)
     assert len(stages) == len(task.backbone.l_net.stage_names)
     assert stages[-1].shape[:2] == (4, task.backbone.feature_channels)
-    assert set(task.pretext_metrics(x)) == {"pretext_ab_top1", "pretext_l_top1"}
+    assert set(task.pretext_metrics(x)) == {"loss", "ab_loss", "l_loss", "ab_top1", "l_top1"}
+
+
+def test_loss_logs_its_terms_and_per_pixel_accuracies():
+    task = make()
+    x = smooth_images(4)
+    loss, logs = task.loss(x)
+    torch.testing.assert_close(loss.detach(), logs["ab_loss"] + logs["l_loss"])
+    assert loss.requires_grad and all(not v.requires_grad for v in logs.values())
+    with torch.no_grad():
+        ab_logits, l_logits = task.predict(task.normalize(x))
+    ab_target, l_target = task.targets(rgb_to_lab(x))
+    torch.testing.assert_close(float(logs["ab_loss"]), float(F.cross_entropy(ab_logits, ab_target)))
+    for key, logits, target in (("ab_top1", ab_logits, ab_target), ("l_top1", l_logits, l_target)):
+        hits = (logits.argmax(1) == target).float().mean()
+        torch.testing.assert_close(float(logs[key]), 100.0 * float(hits))
+        assert 0.0 <= float(logs[key]) <= 100.0
+
+
+def test_held_out_metrics_are_deterministic():
+    task = make()
+    x = smooth_images(8)
+    first = task.held_out_metrics([x[:4], x[4:]])
+    torch.rand(100)  # advance the global RNG
+    assert task.held_out_metrics([x[:4], x[4:]]) == first
+    assert task.training and set(first) == {"loss", "ab_loss", "l_loss", "ab_top1", "l_top1"}
 
 
 def test_halves_are_half_width_and_see_their_channels():
@@ -103,8 +129,11 @@ def test_halves_are_half_width_and_see_their_channels():
     assert task.backbone.l_net.num_features == full.num_features // 2
     assert task.backbone.l_net.in_chans == 1 and task.backbone.ab_net.in_chans == 2
     summary = task.summary()
-    assert summary["half_width"] and summary["width_multiplier"] == 0.5
-    assert summary["params_l_net"] > 0 and summary["params_ab_net"] > 0
+    assert summary["width_multiplier"] == 0.5 and summary["target_size"] == 8
+    assert summary["l_bins"] == 50 and summary["ab_bins"] == len(in_gamut_ab_bins(10.0)[0])
+    halves = count_parameters(task.backbone.l_net) + count_parameters(task.backbone.ab_net)
+    assert summary["parameters"]["backbone"] == halves > 0
+    assert set(summary["parameters"]) == {"backbone", "ab_head", "l_head"}
 
 
 def test_falls_back_to_full_width_when_the_backbone_cannot_scale():
@@ -115,7 +144,15 @@ def test_falls_back_to_full_width_when_the_backbone_cannot_scale():
 
     task = SplitBrain(factory, RGB, SplitBrain.Options())
     assert task.summary()["width_multiplier"] == 1.0
-    assert not task.summary()["half_width"]
+    assert task.backbone.l_net.in_chans == 1 and task.backbone.ab_net.in_chans == 2
+
+
+def test_full_width_failure_is_not_retried():
+    def factory(in_chans=None, img_size=None, width_multiplier=1.0):
+        raise IncompatibleError("never")
+
+    with pytest.raises(IncompatibleError, match="never"):
+        SplitBrain(factory, RGB, SplitBrain.Options(width_multiplier=1.0))
 
 
 def test_loss_falls_on_a_fixed_batch():
@@ -134,7 +171,7 @@ def test_render_returns_a_figure():
 
 
 def test_grayscale_data_is_refused():
-    with pytest.raises(IncompatibleError, match="RGB"):
+    with pytest.raises(IncompatibleError, match="3 channel"):
         make(spec=GRAY)
 
 

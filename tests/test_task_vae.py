@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from conftest import GRAY28, RGB32, build_small_task
-from ssl_bench.errors import OptionError
+from ssl_bench.core.errors import OptionError
 from tasks.vae import LOGVAR_FLOOR, dequantize, gaussian_kl, gaussian_nll
 
 
@@ -36,7 +36,9 @@ def test_shapes_and_auto_likelihood(spec, likelihood, out_channels):
     assert (out_logvar is None) == (likelihood == "bernoulli")
     task.eval()
     assert task.features(images).shape == (4, 16)
-    assert {"neg_elbo_nats", "bits_per_dim"} <= set(task.pretext_metrics(images))
+    assert set(task.pretext_metrics(images)) == {"loss", "recon_nats", "kl_nats",
+                                                 "neg_elbo_nats", "bits_per_dim"}
+    assert task.summary()["likelihood"] == likelihood
 
 
 @pytest.mark.parametrize("spec", [RGB32, GRAY28], ids=["gaussian", "bernoulli"])
@@ -90,6 +92,23 @@ def test_loss_is_reconstruction_plus_beta_kl(beta):
     if beta == 0:
         assert torch.equal(loss.detach(), logs["recon_nats"])
     assert logs["kl_nats"] > 0
+    # the logged negative ELBO is β = 1 whatever β trains
+    torch.testing.assert_close(logs["neg_elbo_nats"], logs["recon_nats"] + logs["kl_nats"])
+    assert not any(v.requires_grad for v in logs.values())
+
+
+def test_neg_elbo_draws_from_the_global_rng():
+    task = build_small_task("vae", RGB32, latent_dim=8)
+    task.eval()
+    images = smooth_images(3, 3, 32)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        first = task.neg_elbo(images)
+        second = task.neg_elbo(images)
+        torch.manual_seed(5)
+        again = task.neg_elbo(images)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], second[0])  # fresh ε and dequantisation noise
 
 
 def test_features_are_the_posterior_mean_and_deterministic():
@@ -104,14 +123,17 @@ def test_features_are_the_posterior_mean_and_deterministic():
 
 @pytest.mark.parametrize("spec", [RGB32, GRAY28], ids=["gaussian", "bernoulli"])
 def test_bits_per_dim_relation_and_deterministic_metrics(spec):
-    task = build_small_task("vae", spec)
-    task.eval()
-    images = smooth_images(4, spec.channels, spec.image_size)
-    metrics = task.pretext_metrics(images)
+    task = build_small_task("vae", spec, beta=4.0)
+    images = smooth_images(6, spec.channels, spec.image_size)
+    metrics = task.held_out_metrics([images[:4], images[4:]])
     dims = spec.channels * spec.image_size**2
-    assert metrics["bits_per_dim"] == pytest.approx(metrics["neg_elbo_nats"] / (dims * math.log(2)))
+    bits = metrics["neg_elbo_nats"] / (dims * math.log(2))
+    assert metrics["bits_per_dim"] == pytest.approx(bits)
     assert metrics["neg_elbo_nats"] == pytest.approx(metrics["recon_nats"] + metrics["kl_nats"])
-    assert metrics == task.pretext_metrics(images)
+    assert metrics["loss"] == pytest.approx(metrics["recon_nats"] + 4.0 * metrics["kl_nats"])
+    torch.rand(100)  # advance the global RNG: the held-out pass seeds its own draws
+    assert task.held_out_metrics([images[:4], images[4:]]) == metrics
+    assert task.training  # held_out_metrics restores the mode
 
 
 @pytest.mark.parametrize("key,value", [("likelihood", "poisson"), ("latent_dim", 0),

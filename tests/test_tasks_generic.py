@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from conftest import GRAY28, RGB32, build_small_task
-from ssl_bench.errors import IncompatibleError
-from ssl_bench.registry import TASKS, load_builtins
+from ssl_bench.core.errors import IncompatibleError
+from ssl_bench.core.registry import TASKS
 
-load_builtins()
 TASK_NAMES = TASKS.names()
 
 

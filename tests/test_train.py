@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ssl_bench.build import build_task
-from ssl_bench.data import load_dataset
-from ssl_bench.train import Interrupted, TrainConfig, Trainer, epoch_order, warmup_cosine
+from ssl_bench.datasets import load_dataset
+from ssl_bench.core.errors import Interrupted
+from ssl_bench.train import TrainConfig, Trainer, epoch_order, warmup_cosine
 
 
 def test_warmup_cosine_shape():

@@ -15,10 +15,9 @@ import torch
 
 from conftest import RGB32
 from ssl_bench.build import build_task
-from ssl_bench.errors import IncompatibleError
-from ssl_bench.registry import TASKS, load_builtins
+from ssl_bench.core.errors import IncompatibleError
+from ssl_bench.core.registry import TASKS
 
-load_builtins()
 BATCH = 64
 PRETRAINING_TASKS = [n for n in TASKS.names() if TASKS.get(n).pretrains]
 

@@ -1,4 +1,4 @@
-"""Run directories and atomic file writes.
+"""Run-directory file names and atomic file writes.
 
 Every file a run writes goes to a temporary file in the same folder first and is
 then renamed over the target, so a killed run never leaves a half-written
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,30 +75,3 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def git_commit() -> str | None:
-    """The current git commit of the ssl-bench checkout (``+dirty`` if modified), or None."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape a result."""
-    import platform
-
-    import numpy
-    import timm
-    import torch
-
-    import ssl_bench
-
-    return {"python": platform.python_version(), "ssl_bench": ssl_bench.__version__,
-            "torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__}

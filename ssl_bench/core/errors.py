@@ -23,3 +23,11 @@ class DataError(SslBenchError):
 
 class OptionError(SslBenchError):
     """A bad task hyperparameter or command-line option value."""
+
+
+class Interrupted(SslBenchError):
+    """Training was stopped with Ctrl-C after a checkpoint was saved (exit status 130)."""
+
+
+class Diverged(SslBenchError):
+    """The training loss became NaN or infinite."""

@@ -1,12 +1,26 @@
-"""Small matplotlib helpers that task pictures share."""
+"""Figures that tasks and reports share: image grids and atomic PNG saving.
+
+matplotlib is imported on first use (with the non-interactive Agg backend), so
+importing this module costs nothing.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+from pathlib import Path
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
+
+from ssl_bench.core.rundir import atomic_path
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def to_display(image: torch.Tensor):
@@ -24,6 +38,7 @@ def image_rows(rows: list[tuple[str, torch.Tensor]], title: str | None = None,
     Returns:
         A matplotlib Figure (the caller saves it).
     """
+    plt = pyplot()
     n = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(cell_inches * n + 1.2, cell_inches * len(rows)),
                              squeeze=False)
@@ -44,10 +59,8 @@ def image_rows(rows: list[tuple[str, torch.Tensor]], title: str | None = None,
     return fig
 
 
-def save_figure(fig, path) -> None:
+def save_figure(fig, path: str | Path) -> None:
     """Save ``fig`` as PNG to ``path`` atomically and close it."""
-    from ssl_bench.rundir import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)

@@ -1,0 +1,92 @@
+"""Name → class registries for pretext tasks, backbones, datasets and evaluators.
+
+Every registry fills itself the same way, on its first lookup: it imports every
+module of its package (so a module's ``@REGISTRY.register("name")`` runs) and
+then loads the entry points of its group, ``ssl_bench.<kind>s``, through which
+third-party packages add entries. Nothing is imported when this module is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Callable, Generic, TypeVar
+
+from ssl_bench.core.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of classes or factories, filled by :meth:`register`.
+
+    Args:
+        kind: what the entries are ("task", "backbone", …); used in error messages
+            and in the entry-point group ``ssl_bench.<kind>s``.
+        option: the command-line option that selects an entry (e.g. ``--task``).
+        package: the package whose modules hold the built-in entries.
+    """
+
+    def __init__(self, kind: str, option: str, package: str) -> None:
+        self.kind, self.option, self.package = kind, option, package
+        self._entries: dict[str, T] = {}
+        self._discovered = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers ``obj`` under ``name`` and sets ``obj.name = name``
+        (the one place a task's, backbone's, dataset's or evaluator's name is written).
+
+        Raises:
+            ValueError: if another object is already registered as ``name``.
+        """
+
+        def decorator(obj: T) -> T:
+            if self._entries.get(name, obj) is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            obj.name = name
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        package = importlib.import_module(self.package)
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{module.name}")
+        for ep in entry_points(group=f"ssl_bench.{self.kind}s"):
+            obj = ep.load()
+            if ep.name not in self._entries:
+                self.register(ep.name)(obj)
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        self._discover()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> T:
+        """The entry registered under ``name``.
+
+        Raises:
+            UnknownNameError: naming ``self.option`` and listing the valid names.
+        """
+        self._discover()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(f"unknown {self.kind} {name!r} for {self.option}; "
+                                   f"valid: {', '.join(self.names())}") from None
+
+    def items(self) -> list[tuple[str, T]]:
+        """(name, entry) pairs, sorted by name."""
+        return [(n, self._entries[n]) for n in self.names()]
+
+
+TASKS: Registry = Registry("task", "--task", "tasks")
+BACKBONES: Registry = Registry("backbone", "--backbone", "backbones")
+DATASETS: Registry = Registry("dataset", "--dataset", "ssl_bench.datasets")
+EVALUATORS: Registry = Registry("evaluator", "--evaluators", "eval")

@@ -1,0 +1,124 @@
+"""The decoded form of every dataset, and loading one by its ``--dataset`` name.
+
+Every dataset is loaded into an :class:`ImageData`: ``uint8`` tensors of shape
+``(N, C, H, W)`` for the train and test splits plus integer labels. Labels are
+handed to evaluators only; pretext tasks see images alone. Decoded tensors are
+cached under ``$SSL_BENCH_CACHE`` (default ``~/.cache/ssl-bench``) so a folder of
+JPEGs is decoded once, not once per run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ssl_bench.core.errors import OptionError
+from ssl_bench.core.images import resize_uint8
+from ssl_bench.core.registry import DATASETS
+from ssl_bench.core.spec import DataSpec
+
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+
+@dataclass
+class ImageData:
+    """A labelled dataset with a train and a test split, decoded to memory.
+
+    Attributes:
+        name: the ``--dataset`` name.
+        train_images: ``uint8`` ``(N_train, C, H, W)``.
+        train_labels: ``int64`` ``(N_train,)`` class indices.
+        test_images: ``uint8`` ``(N_test, C, H, W)``.
+        test_labels: ``int64`` ``(N_test,)``.
+        class_names: one name per class index.
+        hflip: whether a horizontal flip keeps an image natural (photos yes,
+            digits no); the trainer flips batches at random when it does.
+    """
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: list[str]
+    hflip: bool
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def spec(self) -> DataSpec:
+        """What a pretext task may know of the data: shapes and pixel statistics."""
+        x = self.train_images[:10_000].float() / 255.0
+        return DataSpec(
+            name=self.name, channels=self.channels, image_size=self.image_size,
+            mean=tuple(x.mean(dim=(0, 2, 3)).tolist()),
+            std=tuple(x.std(dim=(0, 2, 3)).tolist()), hflip=self.hflip,
+            num_classes=self.num_classes)
+
+    def resized(self, size: int) -> "ImageData":
+        """A copy with both splits resized to ``size``×``size`` (bilinear, antialiased)."""
+        return ImageData(self.name, resize_uint8(self.train_images, size), self.train_labels,
+                         resize_uint8(self.test_images, size), self.test_labels,
+                         self.class_names, self.hflip)
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: ``$SSL_BENCH_CACHE`` or ``~/.cache/ssl-bench``."""
+    return Path(os.environ.get("SSL_BENCH_CACHE", Path.home() / ".cache" / "ssl-bench"))
+
+
+def default_data_root(name: str) -> Path:
+    """Where a dataset is downloaded when ``--data-root`` is not given."""
+    return cache_dir() / "data" / name
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: int | None = None,
+                 download: bool = True) -> ImageData:
+    """Load a dataset by ``--dataset`` name.
+
+    Args:
+        name: a registered dataset name or ``imagefolder:<path>``.
+        root: ``--data-root``; an existing copy in the layout torchvision uses
+            (or, for ``cifar10``/``cifar100``, an ImageFolder tree with
+            ``train/`` and ``test/``). ``None``: the cache folder.
+        image_size: resize both splits to this side in pixels; ``None`` keeps the
+            native size (ImageFolder trees of mixed sizes default to 64).
+        download: fetch torchvision datasets that are missing under ``root``.
+
+    Returns:
+        The decoded :class:`ImageData`.
+
+    Raises:
+        UnknownNameError: unknown dataset name (lists the valid ones).
+        DataError: a missing/empty folder (says which layout is expected), a
+            failed download, or a corrupt image (names the file).
+    """
+    if image_size is not None and image_size < 8:
+        raise OptionError(f"--image-size must be at least 8 pixels, got {image_size}")
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        from ssl_bench.datasets.imagefolder import load_imagefolder
+
+        path = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+        data = load_imagefolder(path, name, hflip=True, image_size=image_size)
+    else:
+        loader: Callable[..., ImageData] = DATASETS.get(name)
+        data = loader(Path(root).expanduser() if root else None, download)
+    return data.resized(image_size) if image_size else data
+
+
+def dataset_names() -> list[str]:
+    """Registered dataset names plus the ``imagefolder:<path>`` pattern."""
+    return DATASETS.names() + [f"{IMAGEFOLDER_PREFIX}<path>"]

@@ -1,0 +1,102 @@
+"""``imagefolder:<path>``: your own images in ImageFolder layout, decoded once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssl_bench.core.errors import DataError
+from ssl_bench.core.rundir import atomic_torch_save
+from ssl_bench.datasets.base import ImageData, cache_dir
+
+IMAGEFOLDER_LAYOUT = ("<root>/train/<class>/<image> and <root>/test/<class>/<image> "
+                      "(or val/ instead of test/)")
+IMAGEFOLDER_DEFAULT_SIZE = 64
+
+
+def _decode(path: str, size: int | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = _resize_center_crop(im, size)
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def _resize_center_crop(im, size: int):
+    from PIL import Image
+
+    scale = size / min(im.size)
+    w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
+    im = im.resize((w, h), Image.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders; expected {IMAGEFOLDER_LAYOUT}")
+    try:
+        samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)},
+                               extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc}; expected {IMAGEFOLDER_LAYOUT}") from None
+    return samples, classes
+
+
+def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None) -> ImageData:
+    """Decode an ImageFolder tree (``train/`` + ``test/`` or ``val/``) to uint8 tensors.
+
+    Images are converted to RGB; when their sizes differ (or ``image_size`` is
+    given) each is resized on its shorter side and centre-cropped to a square.
+    The decoded tensors are cached, keyed by the folder, its file count and size.
+
+    Raises:
+        DataError: a missing folder or split, no class folders, no images, mismatched
+            class folders between splits, or an undecodable file (named).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; expected {IMAGEFOLDER_LAYOUT}")
+    test_name = next((s for s in ("test", "val") if (root / s).is_dir()), None)
+    if not (root / "train").is_dir() or test_name is None:
+        raise DataError(f"{root} lacks train/ and test/ (or val/) subfolders; "
+                        f"expected {IMAGEFOLDER_LAYOUT}")
+    (train_samples, classes), (test_samples, test_classes) = (
+        _list_split(root / "train"), _list_split(root / test_name))
+    if classes != test_classes:
+        raise DataError(f"{root}/train and {root}/{test_name} have different class folders")
+
+    key = hashlib.sha1(f"{root.resolve()}|{len(train_samples)}|{len(test_samples)}|{image_size}"
+                       .encode()).hexdigest()[:16]
+    cached = cache_dir() / "decoded" / f"{name.replace(':', '_').replace('/', '_')[:40]}-{key}.pt"
+    if cached.exists():
+        blob = torch.load(cached, weights_only=True)
+        return ImageData(name, blob["xtr"], blob["ytr"], blob["xte"], blob["yte"], classes, hflip)
+
+    size = image_size
+    if size is None:
+        from PIL import Image
+
+        with Image.open(train_samples[0][0]) as first:
+            size = first.size[0] if first.size[0] == first.size[1] else IMAGEFOLDER_DEFAULT_SIZE
+    splits = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for samples in (train_samples, test_samples):
+            arrays = list(pool.map(lambda s: _decode(s[0], size), samples, chunksize=256))
+            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            splits.append((images, torch.tensor([s[1] for s in samples], dtype=torch.long)))
+    (xtr, ytr), (xte, yte) = splits
+    atomic_torch_save({"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}, cached)
+    return ImageData(name, xtr, ytr, xte, yte, classes, hflip)

@@ -1,0 +1,129 @@
+"""Building blocks that several pretext tasks share, one meaning per name: the
+convolutional decoder, PSNR, two per-sample standardisations and square crops.
+This module registers no task."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvDecoder(nn.Module):
+    """Upsamples a feature map ``(N, in_channels, in_size, in_size)`` to an image
+    ``(N, out_channels, out_size, out_size)``.
+
+    k = ⌈log2(out_size / in_size)⌉ stages of a 4×4 stride-2 transposed convolution,
+    BatchNorm and ReLU double the side; their widths halve from ``width·2^(k-1)``
+    down to ``width`` (the DCGAN generator layout, Radford et al. 2016 §3, also used
+    by the context encoder's decoder, Pathak et al. 2016 §3.1). When
+    ``in_size·2^k ≠ out_size`` (e.g. 28 px images: 4 → 32) the last feature map is
+    resized bilinearly to ``out_size`` before a final 3×3 convolution maps it to
+    ``out_channels``. The output is unbounded (a regression target or logits); the
+    caller applies any sigmoid.
+
+    Args:
+        in_channels: C' of the feature map.
+        in_size: its side h = w in pixels (see ``Backbone.feature_map_shape``).
+        out_channels: C of the image.
+        out_size: the image side in pixels.
+        width: channels of the last upsampling stage.
+
+    Raises:
+        ValueError: if any size, channel count or width is not positive.
+    """
+
+    def __init__(self, in_channels: int, in_size: int, out_channels: int, out_size: int,
+                 width: int = 32) -> None:
+        super().__init__()
+        if min(in_channels, in_size, out_channels, out_size, width) < 1:
+            raise ValueError("ConvDecoder sizes, channels and width must be positive, got "
+                             f"{in_channels=}, {in_size=}, {out_channels=}, {out_size=}, {width=}")
+        stages = 0
+        while in_size * 2 ** stages < out_size:
+            stages += 1
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i in range(stages):
+            cout = width * 2 ** (stages - 1 - i)
+            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.upsample = nn.Sequential(*layers)
+        self.to_image = nn.Conv2d(cin, out_channels, 3, padding=1)
+        self.out_size = out_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, in_size, in_size)`` → ``(N, out_channels, out_size, out_size)``."""
+        x = self.upsample(x)
+        if x.shape[-2:] != (self.out_size, self.out_size):
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
+                              align_corners=False)
+        return self.to_image(x)
+
+
+def psnr_db(prediction: torch.Tensor, target: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio of each sample, 10·log10(1 / MSE), in dB, for
+    values in [0, 1].
+
+    Args:
+        prediction: ``(N, ...)`` float, e.g. images ``(N, C, H, W)`` or patches
+            ``(N, L, P)``.
+        target: the same shape.
+        mask: where the MSE is taken, broadcastable to ``prediction`` (e.g. a hole
+            ``(N, 1, H, W)`` or masked patches ``(N, L, 1)``); each sample needs a
+            nonzero entry. ``None``: everywhere.
+
+    Returns:
+        ``(N,)`` float32; the MSE is floored at 1e-10, so a perfect prediction gives 100 dB.
+    """
+    err = (prediction.float() - target.float()).pow(2)
+    if mask is None:
+        mse = err.flatten(1).mean(dim=1)
+    else:
+        mask = mask.to(err.dtype).expand_as(err)
+        mse = (err * mask).flatten(1).sum(dim=1) / mask.flatten(1).sum(dim=1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def standardize(x: torch.Tensor, min_std: float) -> torch.Tensor:
+    """Per-sample standardisation of ``(M, C, h, w)`` images or tiles: subtract each
+    sample's mean and divide by its standard deviation, both over all channels and
+    pixels (std floored at ``min_std`` so that flat samples do not blow up). Same
+    shape and dtype. Noroozi & Favaro 2016, §3.2 (per-tile normalisation)."""
+    dims = tuple(range(1, x.ndim))
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True).clamp_min(min_std)
+    return (x - mean) / std
+
+
+def center_channels(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-sample normalisation of ``(M, C, h, w)`` images or patches: subtract each
+    channel's own mean, then divide all channels by one standard deviation over
+    channels and pixels (plus ``eps``). One scale for all channels keeps a dropped
+    channel's noise as small as it was made (Doersch et al. 2015, §3.1). Same shape."""
+    centred = x - x.mean(dim=(2, 3), keepdim=True)
+    return centred / (centred.flatten(1).std(dim=1).view(-1, 1, 1, 1) + eps)
+
+
+def crop_squares(images: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """Square crops by advanced indexing, each channel at its own corner (so
+    channels can be jittered apart).
+
+    Args:
+        images: ``(N, C, H, W)``.
+        corners: ``(N, K, C, 2)`` int64 (row, column) of each crop channel's
+            top-left pixel; every crop must lie inside the image.
+        size: crop side in pixels.
+
+    Returns:
+        ``(N, K, C, size, size)``, same dtype as ``images``.
+    """
+    n, c = images.shape[:2]
+    steps = torch.arange(size, device=images.device)
+    rows = (corners[..., 0, None] + steps)[..., :, None]  # (N, K, C, size, 1)
+    cols = (corners[..., 1, None] + steps)[..., None, :]  # (N, K, C, 1, size)
+    batch_index = torch.arange(n, device=images.device).view(n, 1, 1, 1, 1)
+    channel_index = torch.arange(c, device=images.device).view(1, 1, c, 1, 1)
+    return images[batch_index, channel_index, rows, cols]
