@@ -184,12 +184,12 @@ def headline_metrics(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
     knn = knn_column(metrics)
     lowshot = sorted((float(m.group(1)), c) for c in metrics
                      if (m := re.fullmatch(r"linear_top1_([\d.]+)pct", c)))
-    chosen = ([(knn, f"k-NN top-1, k={knn.rsplit('_k', 1)[1]} (%)", 1)] if knn else [])
-    chosen += [("linear_top1", "linear top-1 (%)", 1)] if "linear_top1" in metrics else []
+    chosen = [(knn, f"k-NN top-1, k={knn.rsplit('_k', 1)[1]} (%)", 1)] if knn else []
+    chosen += [("linear_top1", "linear top-1 (%)", 1)]
     chosen += [(c, f"linear top-1, {p:g}% labels (%)", 1) for p, c in lowshot]
-    chosen += [(c, h, d) for c, h, d in [("layer_best_linear_top1", "best layer, linear top-1 (%)", 1),
-                                         ("train_seconds", "train (s)", 0)] if c in metrics]
-    return chosen
+    chosen += [("layer_best_linear_top1", "best layer, linear top-1 (%)", 1),
+               ("train_seconds", "train (s)", 0)]
+    return [(c, header, decimals) for c, header, decimals in chosen if c in metrics]
 
 
 def _cell(row: pd.Series, metric: str, decimals: int) -> str:
@@ -219,8 +219,8 @@ def leaderboard_markdown(summary: pd.DataFrame) -> str:
                      for name, cell in zip(summary["layer_best"], cells)]
         table[header] = cells
     return (table.to_markdown(index=False, disable_numparse=True) + "\n\nmean ± half-width of "
-            "the 95% Student-t confidence interval over n seeds (no interval when n = 1); `–`: not measured; "
-            "(ref.): a reference row, not a pretext task.\n")
+            "the 95% Student-t confidence interval over n seeds (no interval when n = 1); "
+            "`–`: not measured; (ref.): a reference row, not a pretext task.\n")
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -168,8 +168,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl
 
     bars = draw(rf.leaderboard_bars(summary), "leaderboard_bars.png",
                 "k-NN (smallest recorded k) and linear-probe top-1 accuracy (%) per "
-                "configuration, mean over seeds; error bars: 95% Student-t CI (none for a single seed); reference rows "
-                "grey and hatched.")
+                "configuration, mean over seeds; error bars: 95% Student-t CI (none for a "
+                "single seed); reference rows grey and hatched.")
     cost = draw(rf.cost_scatter(per_run), "accuracy_vs_cost.png",
                 "Top-1 accuracy (%) of every run against its pretraining cost: wall-clock "
                 "seconds (left) and images seen (right).")

@@ -65,7 +65,8 @@ def leaderboard_bars(summary: pd.DataFrame):
         reference = rows["reference"].astype(bool).to_numpy()
         for i, (metric, name, colour, grey) in enumerate(series):
             mean = _numeric(rows, f"{metric}_mean").to_numpy()
-            half = (_numeric(rows, f"{metric}_ci95_high") - _numeric(rows, f"{metric}_ci95_low")) / 2
+            half = (_numeric(rows, f"{metric}_ci95_high")
+                    - _numeric(rows, f"{metric}_ci95_low")) / 2
             bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=half.to_numpy(), capsize=3,
                           color=[grey if r else colour for r in reference], label=name,
                           edgecolor="0.3", linewidth=0.5)

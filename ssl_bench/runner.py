@@ -158,7 +158,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     sample = _save_feature_sample(test_x, test_labels, data.class_names, run_dir)
     best = max(layers, key=lambda r: r["linear_top1"])["name"] if layers else None
     results = {
-        "task": config.task, "backbone": config.backbone, "dataset": config.dataset,
+        "task": task.name, "backbone": config.backbone, "dataset": config.dataset,
         "seed": config.seed, "config_id": config_key, "reference": task.reference,
         "epochs": epochs, "batch_size": trainer.batch_size,
         "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),

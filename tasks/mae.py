@@ -115,9 +115,8 @@ class MAE(PretextTask):
                 f"embedding covering the class token and a width divisible by 4; got width {width}")
         self.patch_size = self.backbone.patch_size
         self.num_patches = grid ** 2
-        # At least one visible and one masked patch, whatever the grid.
         self.num_visible = min(max(round(self.num_patches * (1 - options.mask_ratio)), 1),
-                               self.num_patches - 1)
+                               self.num_patches - 1)  # ≥ 1 visible, ≥ 1 masked, any grid
         vit.pos_embed.data.copy_(sincos_pos_embed(grid, width))
         vit.pos_embed.requires_grad_(False)
         dim = options.decoder_dim
@@ -210,8 +209,9 @@ class MAE(PretextTask):
 
     def default_optim(self, batch_size: int) -> list[OptimConfig]:
         """AdamW, β = (0.9, 0.95), weight decay 0.05, LR = 1.5e-4 × batch/256 (Table 8).
-        The paper warms up 40 of 800 epochs (5 %); the run's length is not known here, so
-        the warm-up is 1.5 epochs, 5 % of a 30-epoch run (``--warmup-epochs`` overrides)."""
+        The paper warms up 40 of 800 epochs (5 %). The task does not know the run's length,
+        so the warm-up is a fixed 1.5 epochs: 5 % of a 30-epoch run, a larger share of a
+        shorter one (``--warmup-epochs`` overrides)."""
         return [OptimConfig(name="adamw", lr=1.5e-4 * batch_size / 256, weight_decay=0.05,
                             betas=(0.9, 0.95), warmup_epochs=1.5)]
 

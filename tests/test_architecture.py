@@ -102,13 +102,14 @@ def test_a_new_task_is_one_file_registered_through_an_entry_point(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-brightness\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[ssl_bench.tasks]\nbrightness = toy_brightness:Brightness\n")
+        "[ssl_bench.tasks]\nbrightness = toy_brightness:Brightness\nbroken = no_such_module:X\n")
     env = {**os.environ, "PYTHONPATH": str(package), "SSL_BENCH_CACHE": str(tmp_path / "cache"),
            "OMP_NUM_THREADS": "1"}
     out = tmp_path / "runs"
     cli = [sys.executable, "-m", "ssl_bench.cli"]
     listed = subprocess.run([*cli, "list"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert "brightness" in listed.stdout, listed.stderr
+    assert "warning: skipped task 'broken'" in listed.stderr  # a broken plug-in is named, not fatal
     run = subprocess.run([*cli, "run", "--task", "brightness", "--epochs", "1", "--train-subset",
                           "256", "--batch-size", "64", "--evaluators", "knn", "--lowshot",
                           "--no-layer-probes", "--out", str(out)],

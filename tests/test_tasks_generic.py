@@ -10,6 +10,7 @@ import torch
 from conftest import GRAY28, RGB32, build_small_task
 from ssl_bench.core.errors import IncompatibleError
 from ssl_bench.core.registry import TASKS
+from tasks.base import HELD_OUT_SEED
 
 TASK_NAMES = TASKS.names()
 
@@ -54,6 +55,30 @@ def test_task_contract(name, spec):
 
         assert figure.axes
         plt.close(figure)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_held_out_metrics_are_the_loss_logs_at_a_fixed_seed(name):
+    """Whatever the global RNG has done, the same test images give the same held-out
+    metrics: the task's own loss and logs, in eval mode, drawn at HELD_OUT_SEED."""
+    task = _build_or_skip(name, RGB32)
+    images = torch.rand(6, 3, 32, 32)
+    first = task.held_out_metrics([images[:4], images[4:]])
+    torch.rand(100)  # advance the global RNG
+    state = torch.get_rng_state()
+    assert task.held_out_metrics([images[:4], images[4:]]) == first
+    assert torch.equal(torch.get_rng_state(), state) and task.training
+    if not task.pretrains or task.uses_labels:
+        assert first == {}
+        return
+    task.eval()
+    torch.manual_seed(HELD_OUT_SEED)
+    with torch.no_grad():
+        loss, logs = task.loss(images)
+    task.train()
+    held_out = task.held_out_metrics([images])
+    assert held_out.keys() == {"loss", *logs}
+    assert held_out["loss"] == pytest.approx(float(loss))
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
 
@@ -59,7 +60,13 @@ class Registry(Generic[T]):
             if not module.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{module.name}")
         for ep in entry_points(group=f"ssl_bench.{self.kind}s"):
-            obj = ep.load()
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plug-in must not take the built-ins down
+                print(f"warning: skipped {self.kind} {ep.name!r} of entry-point group "
+                      f"ssl_bench.{self.kind}s ({ep.value}): {exc.__class__.__name__}: {exc}",
+                      file=sys.stderr)
+                continue
             if ep.name not in self._entries:
                 self.register(ep.name)(obj)
 
