@@ -11,11 +11,14 @@
 * **Per layer**: one linear probe on each backbone stage's pooled map
   (:func:`eval.features.stage_grid`), as in the conv1…conv5 tables of
   Zhang et al. (CVPR 2017, Table 3) and Noroozi & Favaro (ECCV 2016, Table 2).
-  Metrics ``layer_best_linear_top1`` and ``layer_last_linear_top1``.
+  The best layer is the one with the best *validation* top-1 (its probe's own
+  held-out split of the labelled train images); ``layer_best_linear_top1`` is
+  that layer's test top-1, ``layer_last_linear_top1`` the deepest layer's.
 
 Every probe picks its learning rate and weight decay on a validation split of
 its own labelled train images (see :class:`eval.linear.LinearProbe`); the test
-split takes part in no choice.
+split takes part in no choice: not the probe settings, not the low-shot
+settings, not the layer.
 """
 
 from __future__ import annotations
@@ -74,6 +77,25 @@ def lowshot_sizes(percents: tuple[float, ...] | list[float], train_split_images:
 
 
 @dataclass
+class Evaluation:
+    """What the protocol measured on one set of frozen features.
+
+    Attributes:
+        metrics: flat metrics: accuracies in %, each probe's chosen settings
+            (``linear_lr``, ``linear_wd``, ``linear_val_top1``; low-shot ones end
+            in ``_<p>pct``), ``layer_best_linear_top1``, ``layer_last_linear_top1``.
+        layers: one record per probed layer: ``{"name", "depth" (1-based), "dims",
+            "linear_top1", "linear_val_top1", "linear_lr", …}``.
+        layer_best: the name of the layer with the best validation top-1 (None
+            without per-layer probes).
+    """
+
+    metrics: dict[str, float]
+    layers: list[dict] = field(default_factory=list)
+    layer_best: str | None = None
+
+
+@dataclass
 class Protocol:
     """What to evaluate, beyond the evaluators on all labels.
 
@@ -93,7 +115,7 @@ class Protocol:
                  test_y: torch.Tensor, num_classes: int, seed: int,
                  train_stages: list[torch.Tensor] | None = None,
                  test_stages: list[torch.Tensor] | None = None,
-                 stage_names: list[str] | None = None) -> tuple[dict[str, float], list[dict]]:
+                 stage_names: list[str] | None = None) -> Evaluation:
         """Run the whole protocol.
 
         Args:
@@ -108,8 +130,7 @@ class Protocol:
             stage_names: one name per stage.
 
         Returns:
-            Flat metrics (accuracies in %) and one record per probed layer:
-            ``{"name", "depth" (1-based), "dims", "linear_top1", …}``.
+            The :class:`Evaluation`.
         """
         metrics: dict[str, float] = {}
         for evaluator in self.evaluators.values():
@@ -120,13 +141,16 @@ class Protocol:
             for evaluator in self.evaluators.values():
                 scores = evaluator.evaluate(train_x[idx], train_y[idx], test_x, test_y,
                                             num_classes, seed=seed)
-                metrics.update({f"{name}_{key}": value for name, value in scores.items()
-                                if "top1" in name and "val" not in name})
+                metrics.update({f"{name}_{key}": value for name, value in scores.items()})
         layers: list[dict] = []
+        best = None
         if self.layer_probe is not None and train_stages is not None:
             for depth, (name, tr, te) in enumerate(zip(stage_names, train_stages, test_stages), 1):
                 scores = self.layer_probe.evaluate(tr, train_y, te, test_y, num_classes, seed=seed)
                 layers.append({"name": name, "depth": depth, "dims": int(tr.shape[1]), **scores})
-            metrics["layer_best_linear_top1"] = max(r["linear_top1"] for r in layers)
+            # chosen on validation top-1 (ties: the shallower layer), reported on test
+            chosen = max(layers, key=lambda r: (r["linear_val_top1"], -r["depth"]))
+            best = chosen["name"]
+            metrics["layer_best_linear_top1"] = chosen["linear_top1"]
             metrics["layer_last_linear_top1"] = layers[-1]["linear_top1"]
-        return metrics, layers
+        return Evaluation(metrics, layers, best)

@@ -71,6 +71,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-dims", type=int, default=_default("layer_dims"),
                    help="pool each stage to at most this many features for its probe "
                         "(default: %(default)s)")
+    p.add_argument("--no-step0", action="store_true",
+                   help="skip the step-0 reference: the same evaluation before the first "
+                        "optimizer step, for each row's gain over its own initialisation")
+    p.add_argument("--bn-recalibrate", action="store_true",
+                   help="re-estimate BatchNorm statistics on clean, full-size train images "
+                        "(no labels, no gradients) before extracting features")
     p.add_argument("--out", default=_default("out"),
                    help="parent folder of run directories (default: %(default)s)")
     p.add_argument("--device", default=_default("device"),
@@ -120,6 +126,7 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
         batch_size=args.batch_size, train_subset=args.train_subset,
         eval_train_subset=args.eval_train_subset, test_subset=args.test_subset,
         lowshot=list(args.lowshot), layer_probes=not args.no_layer_probes,
+        step0=not args.no_step0, bn_recalibrate=args.bn_recalibrate,
         layer_dims=args.layer_dims, out=args.out, device=args.device,
         task_options=_key_values(args.task_options, "--set"), backbone_options=backbone_options,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,

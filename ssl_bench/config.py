@@ -13,7 +13,7 @@ from ssl_bench.core.errors import OptionError
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
-                "eval_batch_size"}
+                "eval_batch_size", "step0"}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 
@@ -37,6 +37,10 @@ class RunConfig:
             :mod:`eval.protocol`); empty: no low-shot evaluation.
         layer_probes: run a linear probe on every backbone stage.
         layer_dims: the bound on a stage's pooled width for those probes.
+        step0: also evaluate the task before its first optimizer step (its step-0
+            reference, from the same initialisation), for the gain over it.
+        bn_recalibrate: re-estimate BatchNorm statistics on clean, full-size train
+            images before feature extraction (see :mod:`ssl_bench.evaluate`).
         seed: seeds weights, batch order, corruptions and the subset.
         out: parent folder of run directories.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -67,6 +71,8 @@ class RunConfig:
     lowshot: list[float] = field(default_factory=lambda: [1.0, 10.0])
     layer_probes: bool = True
     layer_dims: int = 4096
+    step0: bool = True
+    bn_recalibrate: bool = False
     seed: int = 0
     out: str = "runs"
     device: str = "auto"

@@ -55,11 +55,31 @@ def _numbers(values: dict | None, prefix: str = "") -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def is_choice(column: str) -> bool:
+    """Whether a column is a setting a probe chose (``linear_lr``, ``linear_wd_10pct``):
+    recorded per run, not averaged."""
+    return re.search(r"_(lr|wd)(_|$)", column) is not None
+
+
+def _gains(final: dict[str, float], step0: dict[str, float], prefix: str = "") -> dict:
+    """``step0_<m>`` and ``gain_<m>`` = final − step 0 for every measured metric."""
+    out = {}
+    for key, value in step0.items():
+        if is_choice(key) or key not in final:
+            continue
+        out[f"step0_{prefix}{key}"] = value
+        out[f"gain_{prefix}{key}"] = final[key] - value
+    return out
+
+
 def run_row(record: dict, run: str) -> dict:
     """One leaderboard row from a parsed ``results.json``: :data:`IDENTITY`,
-    :data:`SETTINGS`, then every recorded metric — ``metrics``, ``pretext_<key>``,
-    ``layer_<name>_linear_top1`` and ``layer_best`` — and the cost. A run without a
-    ``config_id`` (written before it existed) is a configuration of its own."""
+    :data:`SETTINGS`, then every recorded metric — ``metrics``, ``pretext_<key>``
+    (with ``pretext_<key>_chance`` where the task has a chance level),
+    ``layer_<name>_linear_top1``, ``layer_best`` — then ``step0_<metric>`` and
+    ``gain_<metric>`` (the gain over the run's own step-0 reference) and the cost.
+    A run without a ``config_id`` (written before it existed) is a configuration of
+    its own."""
     cost = record.get("cost") or {}
     row = {"task": record.get("task"), "backbone": record.get("backbone"),
            "dataset": record.get("dataset"), "seed": record.get("seed"),
@@ -67,11 +87,16 @@ def run_row(record: dict, run: str) -> dict:
            "reference": bool(record.get("reference", False))}
     row.update({k: record.get(k) for k in SETTINGS})
     row.update({k: cost.get(k) for k in COST_SETTINGS})
-    row.update(_numbers(record.get("metrics")))
-    row.update(_numbers(record.get("pretext"), "pretext_"))
+    metrics, pretext = _numbers(record.get("metrics")), _numbers(record.get("pretext"))
+    row.update(metrics)
+    row.update({f"pretext_{k}": v for k, v in pretext.items()})
+    row.update({f"pretext_{k}_chance": v for k, v in _numbers(record.get("pretext_chance")).items()})
     for layer in record.get("layers") or []:
         row[f"layer_{layer.get('name')}_linear_top1"] = layer.get("linear_top1")
     row["layer_best"] = record.get("layer_best")
+    step0 = record.get("step0") or {}
+    row.update(_gains(metrics, _numbers(step0.get("metrics"))))
+    row.update(_gains(pretext, _numbers(step0.get("pretext")), "pretext_"))
     row.update({k: v for k, v in _numbers(cost).items() if k not in COST_SETTINGS})
     return {**row, "run": run, "command": record.get("command", "")}
 
@@ -103,9 +128,10 @@ def knn_column(columns: Iterable[str], suffix: str = "") -> str | None:
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The measured columns of a per-run frame: every numeric column that is not
-    identity, a shared setting or bookkeeping."""
+    identity, a shared setting, a probe's choice, a chance level or bookkeeping."""
     fixed = set(IDENTITY + SETTINGS + COST_SETTINGS + TAIL + ["layer_best"])
-    return [c for c in frame.columns if c not in fixed
+    return [c for c in frame.columns if c not in fixed and not is_choice(c)
+            and not c.endswith("_chance")
             and pd.to_numeric(frame[c], errors="coerce").notna().any()]
 
 
@@ -159,7 +185,8 @@ def aggregate_seeds(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     for key, runs in frame.groupby(GROUP, dropna=False, sort=False):
         row = dict(zip(GROUP, key), reference=bool(runs["reference"].any()), n=len(runs),
                    seeds=",".join(str(int(s)) for s in sorted(runs["seed"].dropna())))
-        row.update({c: runs[c].iloc[0] for c in SETTINGS + COST_SETTINGS if c in runs})
+        shared = SETTINGS + COST_SETTINGS + [c for c in runs if c.endswith("_chance")]
+        row.update({c: runs[c].iloc[0] for c in shared if c in runs})
         best = runs["layer_best"].dropna()
         row["layer_best"] = best.mode().iloc[0] if len(best) else None
         for m in metrics:
@@ -178,26 +205,51 @@ def aggregate_seeds(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 def headline_metrics(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
     """The readable table's metrics that the runs have, as (metric, header, decimals):
-    k-NN top-1 at the smallest k, linear top-1, linear top-1 at each low-shot
-    percentage (ascending), the best layer's linear top-1, training seconds."""
+    k-NN top-1 at the smallest k, linear top-1, its gain over the step-0 reference,
+    linear top-1 at each low-shot percentage (ascending), the best layer's linear
+    top-1, training seconds."""
     metrics = {c[:-len("_mean")] for c in summary.columns if c.endswith("_mean")}
     knn = knn_column(metrics)
     lowshot = sorted((float(m.group(1)), c) for c in metrics
                      if (m := re.fullmatch(r"linear_top1_([\d.]+)pct", c)))
     chosen = [(knn, f"k-NN top-1, k={knn.rsplit('_k', 1)[1]} (%)", 1)] if knn else []
-    chosen += [("linear_top1", "linear top-1 (%)", 1)]
+    chosen += [("linear_top1", "linear top-1 (%)", 1),
+               ("gain_linear_top1", "linear top-1 gain over step 0 (points)", 1)]
     chosen += [(c, f"linear top-1, {p:g}% labels (%)", 1) for p, c in lowshot]
     chosen += [("layer_best_linear_top1", "best layer, linear top-1 (%)", 1),
                ("train_seconds", "train (s)", 0)]
     return [(c, header, decimals) for c, header, decimals in chosen if c in metrics]
 
 
+#: Held-out pretext metrics shown in the readable table, first recorded one wins.
+PRETEXT_HEADLINE = ("top1", "ab_top1", "psnr_db", "bits_per_dim", "loss")
+
+
 def _cell(row: pd.Series, metric: str, decimals: int) -> str:
     mean = row.get(f"{metric}_mean", np.nan)
     if pd.isna(mean):
         return "–"
-    half = (row.get(f"{metric}_ci95_high", np.nan) - row.get(f"{metric}_ci95_low", np.nan)) / 2
-    return f"{mean:.{decimals}f}" if pd.isna(half) else f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+    low, high = row.get(f"{metric}_ci95_low", np.nan), row.get(f"{metric}_ci95_high", np.nan)
+    if pd.isna(low):
+        return f"{mean:.{decimals}f}"
+    flag = " †" if metric.startswith("gain_") and low <= 0 <= high else ""
+    return f"{mean:.{decimals}f} ± {(high - low) / 2:.{decimals}f}{flag}"
+
+
+def pretext_cell(row: pd.Series) -> str:
+    """The row's headline held-out pretext metric, with its chance level and its
+    step-0 value where recorded, e.g. ``top1 19.5 (chance 12.5, step 0 12.9)``."""
+    for key in PRETEXT_HEADLINE:
+        mean = row.get(f"pretext_{key}_mean", np.nan)
+        if pd.isna(mean):
+            continue
+        extra = [f"chance {row[f'pretext_{key}_chance']:.3g}"
+                 if pd.notna(row.get(f"pretext_{key}_chance", np.nan)) else "",
+                 f"step 0 {row[f'step0_pretext_{key}_mean']:.3g}"
+                 if pd.notna(row.get(f"step0_pretext_{key}_mean", np.nan)) else ""]
+        extra = ", ".join(e for e in extra if e)
+        return f"{key} {mean:.3g}" + (f" ({extra})" if extra else "")
+    return "–"
 
 
 def leaderboard_markdown(summary: pd.DataFrame) -> str:
@@ -218,9 +270,13 @@ def leaderboard_markdown(summary: pd.DataFrame) -> str:
             cells = [f"{name}: {cell}" if isinstance(name, str) and cell != "–" else cell
                      for name, cell in zip(summary["layer_best"], cells)]
         table[header] = cells
+    table["held-out pretext"] = [pretext_cell(row) for _, row in summary.iterrows()]
     return (table.to_markdown(index=False, disable_numparse=True) + "\n\nmean ± half-width of "
             "the 95% Student-t confidence interval over n seeds (no interval when n = 1); "
-            "`–`: not measured; (ref.): a reference row, not a pretext task.\n")
+            "`–`: not measured; (ref.): a reference row, not a pretext task; gain over step 0: "
+            "final minus the same run evaluated before its first optimizer step (same seed, "
+            "same initialisation); †: that gain's interval includes 0, so the row is not "
+            "distinguishable from its own initialisation.\n")
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from eval.features import extract_features, extract_features_and_stages
 from eval.linear import LinearProbe
 from eval.protocol import Protocol, lowshot_sizes
 from ssl_bench.build import build_task
@@ -20,10 +19,11 @@ from ssl_bench.core.errors import OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
 from ssl_bench.core.registry import EVALUATORS
-from ssl_bench.core.rundir import (CONFIG, METRICS, RESULTS, atomic_torch_save, atomic_write_json,
-                                   atomic_write_yaml, read_json)
+from ssl_bench.core.rundir import (CONFIG, METRICS, RESULTS, STEP0, atomic_torch_save,
+                                   atomic_write_json, atomic_write_yaml, read_json)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
+from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
 from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
 from tasks.base import (OptimConfig, PretextTask, count_parameters, held_out_rng,
@@ -139,24 +139,24 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
                       TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
                       labels=data.train_labels[train_idx])
+    eval_data = EvalData(data.train_images[eval_idx], data.train_labels[eval_idx],
+                         data.test_images[test_idx], data.test_labels[test_idx],
+                         data.num_classes, data.test_images[_pretext_indices(data, config)])
+    eval_settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
+                                 config.bn_recalibrate)
+
+    def evaluate() -> tuple[dict[str, Any], torch.Tensor]:
+        return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device)
+
+    step0 = _step0_reference(task, trainer, evaluate, config, run_dir)
     stats = trainer.fit(resume=config.resume)
+    final, test_x = evaluate()
+    step0_seconds = step0["eval_seconds"] if step0 is not None else 0.0
+    if config.step0 and not task.pretrains:
+        step0 = final  # an untrained reference is its own step 0
 
-    task.eval()
-    eval_start = time.perf_counter()
-    pretext = _held_out_pretext_metrics(task, data, config, device)
-    test_images, test_labels = data.test_images[test_idx], data.test_labels[test_idx]
-    train_labels = data.train_labels[eval_idx]
-    (train_x, train_stages), (test_x, test_stages) = (
-        _encode(task, images, config, device, split)
-        for images, split in ((data.train_images[eval_idx], "train"), (test_images, "test")))
-    metrics, layers = protocol.evaluate(train_x, train_labels, test_x, test_labels,
-                                        data.num_classes, config.seed, train_stages,
-                                        test_stages, task.backbone.stage_names)
-    eval_seconds = time.perf_counter() - eval_start
-
-    figures = _save_figures(task, test_images, run_dir, device)
-    sample = _save_feature_sample(test_x, test_labels, data.class_names, run_dir)
-    best = max(layers, key=lambda r: r["linear_top1"])["name"] if layers else None
+    figures = _save_figures(task, eval_data.test_images, run_dir, device)
+    sample = _save_feature_sample(test_x, eval_data.test_labels, data.class_names, run_dir)
     results = {
         "task": task.name, "backbone": config.backbone, "dataset": config.dataset,
         "seed": config.seed, "config_id": config_key, "reference": task.reference,
@@ -164,16 +164,20 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),
         "test_images": len(test_idx),
         "images_seen": stats.images_seen, "steps": stats.steps,
-        "metrics": _rounded(metrics), "pretext": _rounded(pretext),
-        "layers": [_rounded(r) for r in layers], "layer_best": best,
+        "metrics": final["metrics"], "pretext": final["pretext"],
+        "pretext_chance": task.pretext_chance(),
+        "layers": final["layers"], "layer_best": final["layer_best"],
+        "step0": None if step0 is None else {k: v for k, v in step0.items()
+                                             if k != "eval_seconds"},
         "lowshot_labels": protocol.lowshot,
         "cost": {"train_seconds": round(stats.train_seconds, 2),
                  "train_images_per_s": round(stats.images_per_s, 1),
-                 "eval_seconds": round(eval_seconds, 2),
+                 "eval_seconds": final["eval_seconds"],
+                 "step0_eval_seconds": step0_seconds,
                  "backbone_params": count_parameters(task.backbone),
                  "task_params": count_parameters(task),
                  "backbone_gflops_per_image": backbone_gflops(task, spec, device),
-                 "feature_dim": int(train_x.shape[1]), "device": str(device)},
+                 "feature_dim": int(test_x.shape[1]), "device": str(device)},
         "summary": task.summary(), "config": settings, "command": config.command,
         "figures": figures, "feature_sample": sample,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -182,26 +186,33 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     return results
 
 
-def _held_out_pretext_metrics(task: PretextTask, data: ImageData, config: RunConfig,
-                              device: torch.device) -> dict[str, float]:
-    """Held-out pretext metrics on a seeded spread of the whole test split
-    (ImageFolder splits are sorted by class), with the task's fixed-seed draws."""
-    idx = subset_indices(len(data.test_images),
-                         min(config.pretext_eval_images, len(data.test_images)), seed=0)
-    return task.held_out_metrics(to_float(chunk.to(device))
-                                 for chunk in data.test_images[idx].split(config.eval_batch_size))
+def _pretext_indices(data: ImageData, config: RunConfig) -> torch.Tensor:
+    """A seeded spread of the whole test split (ImageFolder splits are sorted by class)
+    for the held-out pretext metrics."""
+    return subset_indices(len(data.test_images),
+                          min(config.pretext_eval_images, len(data.test_images)), seed=0)
 
 
-def _encode(task: PretextTask, images: torch.Tensor, config: RunConfig, device: torch.device,
-            split: str) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-    """Frozen pooled features (and per-stage features when layer probes are on)."""
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    if not config.layer_probes:
-        return extract_features(task.features, images, config.eval_batch_size, device, autocast,
-                                progress=f"{split} features"), None
-    return extract_features_and_stages(task.features_and_stages, images, config.eval_batch_size,
-                                       device, autocast, progress=f"{split} features",
-                                       max_dims=config.layer_dims)
+def _step0_reference(task: PretextTask, trainer: Trainer, evaluate, config: RunConfig,
+                     run_dir: Path) -> dict[str, Any] | None:
+    """The evaluation of the task before its first optimizer step (``step0.json``, kept
+    so that a resumed run reuses it). It draws no random number that training would
+    see, so a run is the same with or without it. ``None`` when switched off, for
+    untrained references (their final evaluation is their step 0), or when a run is
+    resumed past step 0 without one (said on stderr)."""
+    if not (config.step0 and task.pretrains):
+        return None
+    path = run_dir / STEP0
+    if path.exists():
+        return read_json(path)
+    if trainer.checkpoint_path.exists():
+        print(f"warning: {run_dir} was resumed past step 0 without a step-0 reference; "
+              "its gain over initialisation is not measured", file=sys.stderr)
+        return None
+    with held_out_rng():  # forks torch's generators: training draws stay as they were
+        record, _ = evaluate()
+    atomic_write_json(path, record)
+    return record
 
 
 def _save_figures(task: PretextTask, test_images: torch.Tensor, run_dir: Path,
@@ -227,10 +238,6 @@ def _save_feature_sample(test_x: torch.Tensor, test_labels: torch.Tensor,
     atomic_torch_save({"features": test_x[idx].half(), "labels": test_labels[idx],
                        "class_names": list(class_names)}, run_dir / FEATURE_SAMPLE_FILE)
     return FEATURE_SAMPLE_FILE
-
-
-def _rounded(values: dict[str, float], digits: int = 4) -> dict[str, float]:
-    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
 
 
 def _save_loss_curve(run_dir: Path) -> bool:

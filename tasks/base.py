@@ -268,6 +268,11 @@ class PretextTask(nn.Module):
         loss, logs = self.loss(images)
         return {"loss": float(loss), **{k: float(v) for k, v in logs.items()}}
 
+    def pretext_chance(self) -> dict[str, float]:
+        """The chance level of held-out metrics that have one, e.g. ``{"top1": 1.0}``
+        for 100 permutations (%); reports print it beside the metric."""
+        return {}
+
     @torch.no_grad()
     def held_out_metrics(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
         """:meth:`pretext_metrics` averaged over batches (weighted by batch size), in

@@ -9,8 +9,11 @@ a and b of sRGB colours lie within about [-87, 99] and [-108, 95].
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+
+from tasks.ab_bins_313 import AB_BINS_313
 
 # sRGB primaries with the D65 white point, linear RGB → XYZ (IEC 61966-2-1).
 _RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
@@ -19,6 +22,7 @@ _RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
 _XYZ_TO_RGB = torch.linalg.inv(_RGB_TO_XYZ)
 _D65_WHITE = (0.95047, 1.0, 1.08883)
 _DELTA = 6.0 / 29.0  # where CIE's f(t) switches from linear to cube root
+ZHANG_GRID = 10.0  # ab bin side of the released 313 bins (Zhang et al. 2016, §2.1)
 
 
 def _full_precision(x: torch.Tensor) -> torch.autocast:
@@ -81,19 +85,19 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 def in_gamut_ab_bins(grid: float = 10.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The ab bins that sRGB colours occupy, on a square grid of side ``grid``.
 
-    Bin centres are the multiples of ``grid`` (as in Zhang et al. 2016, §3.1,
+    Bin centres are the multiples of ``grid`` (as in Zhang et al. 2016, §2.1,
     whose grid of 10 keeps 313 bins). A bin is in gamut when some 8-bit sRGB
     colour falls in it; only the cube's six faces are converted, since the ab
     projection of the gamut solid is that of its surface (every vertical L line
     through the solid leaves it through the surface; converting the whole cube
-    gives the same set). This gives 261 bins at grid 10, fewer than the 313 of
-    Zhang et al., who do not say how they drew their gamut.
+    gives the same set). This gives 261 bins at grid 10, a subset of the 313 that
+    Zhang et al. released (:func:`zhang_ab_bins`), who do not say how they drew
+    their gamut.
 
     Returns:
         ``centres`` float32 ``(K, 2)`` (a, b) of the in-gamut bins, in
-        row-major grid order; ``lookup`` int64 ``(G, G)`` mapping a grid cell
-        (a index, b index, offset by ``origin``) to the nearest in-gamut bin;
-        and ``origin``, the cell index of a = 0 (and b = 0).
+        row-major grid order, and the ``lookup`` and ``origin`` of
+        :func:`ab_bin_lookup`.
     """
     levels = torch.arange(256, dtype=torch.float32) / 255
     u, v = torch.meshgrid(levels, levels, indexing="ij")
@@ -106,18 +110,41 @@ def in_gamut_ab_bins(grid: float = 10.0) -> tuple[torch.Tensor, torch.Tensor, in
             faces.append(torch.stack(rest))
     rgb = torch.cat(faces, dim=1).view(1, 3, -1, 1)
     ab = rgb_to_lab(rgb)[0, 1:, :, 0]
-    origin = int(torch.ceil(ab.abs().max() / grid)) + 1
+    cells = torch.unique(torch.round(ab / grid).long().T, dim=0)  # (K, 2), sorted rows
+    centres = cells.float().mul(grid)
+    return (centres, *ab_bin_lookup(centres, grid))
+
+
+@functools.lru_cache(maxsize=1)
+def zhang_ab_bins() -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The 313 ab bins of Zhang et al. 2016 (§2.1), grid 10, as released with their
+    code (``pts_in_hull.npy``; provenance in :mod:`tasks.ab_bins_313`).
+
+    Returns:
+        ``centres`` float32 ``(313, 2)`` in the released order (a, then b
+        ascending) and the ``lookup`` and ``origin`` of :func:`ab_bin_lookup`.
+    """
+    centres = torch.tensor(AB_BINS_313, dtype=torch.float32)  # (313, 2)
+    return (centres, *ab_bin_lookup(centres, ZHANG_GRID))
+
+
+def ab_bin_lookup(centres: torch.Tensor, grid: float) -> tuple[torch.Tensor, int]:
+    """Grid-cell → bin table for :func:`quantize_ab`, for bin ``centres`` ``(K, 2)``
+    that are multiples of ``grid``.
+
+    Returns:
+        ``lookup`` int64 ``(G, G)`` mapping every grid cell (a index, b index,
+        offset by ``origin``) to the bin nearest its centre, so any colour gets a
+        valid class and a colour in a bin's own cell gets that bin; and
+        ``origin``, the cell index of a = 0 (and b = 0). The grid spans the
+        centres and |a|, |b| up to 128 (all of Lab's usual range).
+    """
+    origin = math.ceil(max(float(centres.abs().max()), 128.0) / grid) + 1
     side = 2 * origin + 1
-    cells = torch.round(ab / grid).long() + origin
-    occupied = torch.zeros(side * side, dtype=torch.bool)
-    occupied[cells[0] * side + cells[1]] = True
-    kept = occupied.nonzero()[:, 0]
-    centres = torch.stack([kept // side, kept % side], dim=1).float().sub(origin).mul(grid)
-    # Every cell points at its nearest in-gamut bin, so any colour gets a valid class.
     ia, ib = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     cell_ab = torch.stack([ia, ib], dim=-1).reshape(-1, 2).float().sub(origin).mul(grid)
     lookup = torch.cdist(cell_ab, centres).argmin(dim=1).view(side, side)
-    return centres, lookup, origin
+    return lookup, origin
 
 
 def quantize_ab(ab: torch.Tensor, lookup: torch.Tensor, origin: int, grid: float) -> torch.Tensor:
@@ -125,7 +152,7 @@ def quantize_ab(ab: torch.Tensor, lookup: torch.Tensor, origin: int, grid: float
 
     Args:
         ab: ``(N, 2, H, W)`` float a, b values.
-        lookup, origin: from :func:`in_gamut_ab_bins` with the same ``grid``.
+        lookup, origin: from :func:`ab_bin_lookup` with the same ``grid``.
         grid: bin side in ab units.
 
     Returns:
@@ -149,3 +176,59 @@ def quantize_l(lightness: torch.Tensor, bins: int) -> torch.Tensor:
     if lightness.ndim == 4:
         lightness = lightness[:, 0]
     return (lightness * (bins / 100.0)).floor().long().clamp(0, bins - 1)
+
+
+def soft_encode_ab(ab: torch.Tensor, centres: torch.Tensor, neighbours: int = 5,
+                   sigma: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft encoding of ab over the nearest bins (Zhang et al. 2016, §2.1): each
+    pixel's ``neighbours`` nearest bin centres, weighted by a Gaussian of the
+    distance to them (``sigma`` in ab units) and normalised to sum to 1.
+
+    Args:
+        ab: ``(N, 2, H, W)`` float a, b values.
+        centres: ``(K, 2)`` float bin centres.
+
+    Returns:
+        ``index`` int64 ``(N, k, H, W)``, the bins nearest first, and ``weight``
+        float32 ``(N, k, H, W)``, largest first, summing to 1 over axis 1.
+    """
+    n, _, h, w = ab.shape
+    with _full_precision(ab):
+        points = ab.float().permute(0, 2, 3, 1).reshape(-1, 2)  # (P, 2)
+        dist = torch.cdist(points, centres.float(),
+                           compute_mode="donot_use_mm_for_euclid_dist")  # (P, K)
+        near, index = dist.topk(neighbours, dim=1, largest=False)  # (P, k) each, ascending
+        weight = torch.softmax(-near.square() / (2 * sigma ** 2), dim=1)  # (P, k) Gaussian / sum
+    shape = (n, h, w, neighbours)
+    return index.view(shape).permute(0, 3, 1, 2), weight.view(shape).permute(0, 3, 1, 2)
+
+
+def smoothed_distribution(counts: torch.Tensor, centres: torch.Tensor,
+                          sigma: float = 5.0) -> torch.Tensor:
+    """The bins' empirical distribution ``p̃`` of Zhang et al. 2016 (§2.2): ``counts``
+    ``(Q,)`` normalised, smoothed with a Gaussian of ``sigma`` (ab units) over the
+    bin centres ``(Q, 2)``, normalised again; ``(Q,)`` float64 summing to 1."""
+    kernel = torch.exp(-torch.cdist(centres.double(), centres.double()).square()
+                       / (2 * sigma ** 2))  # (Q, Q)
+    smooth = kernel @ (counts.double() / counts.sum())  # (Q,)
+    return smooth / smooth.sum()
+
+
+def rebalance_weights(counts: torch.Tensor, centres: torch.Tensor, mix: float = 0.5,
+                      sigma: float = 5.0) -> torch.Tensor:
+    """Class weights that boost rare colours (Zhang et al. 2016, §2.2, eq. 4):
+    ``w ∝ ((1 − λ) p̃ + λ / Q)⁻¹`` normalised so that ``Σ_q p̃_q w_q = 1``, where
+    ``p̃`` is :func:`smoothed_distribution`, ``λ = mix`` and ``Q`` the number of bins.
+
+    Args:
+        counts: ``(Q,)`` float pixel counts per bin (training images only).
+        centres: ``(Q, 2)`` float bin centres.
+
+    Returns:
+        ``(Q,)`` float32 weights; all 1 while ``counts`` is empty.
+    """
+    if float(counts.sum()) <= 0:
+        return torch.ones(len(centres), device=centres.device)
+    smooth = smoothed_distribution(counts, centres, sigma)  # (Q,)
+    weight = 1.0 / ((1 - mix) * smooth + mix / len(centres))  # (Q,)
+    return (weight / (smooth * weight).sum()).float()

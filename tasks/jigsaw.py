@@ -204,6 +204,9 @@ class Jigsaw(PretextTask):
         top1 = (logits.argmax(dim=1) == labels).float().mean() * 100
         return F.cross_entropy(logits.float(), labels), {"top1": top1.detach()}
 
+    def pretext_chance(self) -> dict[str, float]:
+        return {"top1": 100.0 / len(self.permutations)}
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Each ``(N, C, H, W)`` image in [0, 1] standardised by its own mean and std,
         as tiles are in training; ``features`` and ``feature_stages`` use it."""
@@ -227,10 +230,9 @@ class Jigsaw(PretextTask):
         return fig
 
     def summary(self) -> dict:
-        """Adds the permutation set's mean/minimum pairwise Hamming distance, the
-        chance top-1 (%) and the puzzle geometry in pixels."""
+        """Adds the permutation set's mean/minimum pairwise Hamming distance and the
+        puzzle geometry in pixels."""
         mean_distance, min_distance = hamming_statistics(self.permutations.cpu().numpy())
         return {**super().summary(), "num_permutations": len(self.permutations),
                 "hamming_mean": mean_distance, "hamming_min": min_distance,
-                "chance_top1": 100.0 / len(self.permutations),
                 "cell_size": self.cell_size, "tile_size": self.tile_size}

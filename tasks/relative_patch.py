@@ -1,5 +1,5 @@
 """``relative-patch``: context prediction (Doersch, Gupta & Efros, ICCV 2015): from a
-centre patch and one of its 8 neighbours in a 3×3 grid, predict where the neighbour lies."""
+centre patch and each of its 8 neighbours in a 3×3 grid, predict where the neighbour lies."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from tasks.blocks import center_channels, crop_squares
 
 # (row, column) offset of each neighbour from the centre patch, by label (paper's Fig. 2).
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-POSITION_NAMES = ("top-left", "top", "top-right", "left", "right", "bottom-left", "bottom",
-                  "bottom-right")
 GREEN_MAGENTA = (-1.0, 2.0, -1.0)  # the colour axis of chromatic aberration (§3.1)
 MIN_PATCH = 4
 NORM_EPS = 1e-2  # added to the std of the per-patch (and per-image) normalisation
@@ -64,26 +62,23 @@ def patch_geometry(image_size: int, patch_size: int = 0, gap_ratio: float = 0.5,
     return Geometry(p, gap, jitter)
 
 
-def sample_pairs(images: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, ...]:
-    """Cut a (centre, neighbour) pair from each ``(N, C, H, W)`` image (§3, Fig. 2): the
-    grid lies uniformly where all jittered patches fit, the neighbour is one of the 8
-    outer cells, uniformly, each patch is jittered on its own (torch's global RNG).
+def sample_grid(images: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, ...]:
+    """Cut the whole 3×3 grid from each ``(N, C, H, W)`` image (§3, Fig. 2), placed
+    uniformly where all its patches fit, each patch jittered on its own (global RNG).
 
     Returns:
-        ``patches`` ``(N, 2, C, p, p)`` (centre, neighbour), ``labels`` ``(N,)`` int64
-        in 0…7 (:data:`NEIGHBOUR_OFFSETS`), ``corners`` ``(N, 2, C, 2)`` int64 (row,
-        column) of each patch's top-left pixel, equal across channels."""
-    n, c, height, width = images.shape
-    g, device = geometry, images.device
+        ``patches`` ``(N, 9, C, p, p)``: centre, then neighbours in :data:`NEIGHBOUR_OFFSETS`
+        order; ``labels`` ``(N, 8)`` int64, 0…7 in each row (pair k: centre, neighbour k);
+        ``corners`` ``(N, 9, C, 2)`` int64 (row, column) of each top-left pixel, per channel."""
+    g, (n, c, height, width), device = geometry, images.shape, images.device
     low, high = g.jitter, min(height, width) - g.span - g.jitter
-    origin = torch.randint(low, high + 1, (n, 2), device=device)               # (N, 2)
-    labels = torch.randint(0, len(NEIGHBOUR_OFFSETS), (n,), device=device)     # (N,)
-    offsets = torch.tensor(NEIGHBOUR_OFFSETS, device=device)[labels]           # (N, 2)
-    cells = torch.stack([torch.ones_like(offsets), offsets + 1], dim=1)        # (N, 2, 2)
-    jitter = torch.randint(-g.jitter, g.jitter + 1, (2, n, 2), device=device)  # (2, N, 2)
-    corners = origin[:, None] + cells * (g.patch + g.gap) + jitter.transpose(0, 1)  # (N, 2, 2)
-    corners = corners[:, :, None].expand(n, 2, c, 2)                           # (N, 2, C, 2)
-    return crop_squares(images, corners, g.patch), labels, corners             # (N, 2, C, p, p)
+    origin = torch.randint(low, high + 1, (n, 1, 2), device=device)            # (N, 1, 2)
+    cells = torch.tensor(((0, 0),) + NEIGHBOUR_OFFSETS, device=device) + 1     # (9, 2)
+    jitter = torch.randint(-g.jitter, g.jitter + 1, (n, 9, 2), device=device)  # (N, 9, 2)
+    corners = origin + cells * (g.patch + g.gap) + jitter                      # (N, 9, 2)
+    corners = corners[:, :, None].expand(n, 9, c, 2)                           # (N, 9, C, 2)
+    labels = torch.arange(len(NEIGHBOUR_OFFSETS), device=device).expand(n, -1)  # (N, 8)
+    return crop_squares(images, corners, g.patch), labels, corners             # (N, 9, C, p, p)
 
 
 def drop_color(patches: torch.Tensor, noise_ratio: float) -> torch.Tensor:
@@ -131,15 +126,18 @@ def pixelate(patches: torch.Tensor, prob: float, min_area: float) -> torch.Tenso
 class RelativePatch(PretextTask):
     """Context prediction (Doersch, Gupta & Efros, ICCV 2015, §3, §3.1, §3.2, §4).
 
+    Variant: each image gives its whole jittered 3×3 grid and the 8 (centre, neighbour k)
+    pairs, label k (Fig. 2), not every adjacent pair of the grid as in the released code;
+    the centre's embedding is shared by its 8 pairs (9 patch embeddings per image, not
+    16), and the trainer's images/s counts source images, each giving 8 pairs.
     Shortcut guards (§3.1): gaps and jitter (:func:`patch_geometry`) stop edges and
-    textures from continuing across patches; colour dropping or projection removes
-    chromatic aberration, which reveals a patch's place in the lens; some patches are
-    pixelated; each is normalised on its own. Late fusion (§3.2, Fig. 3): a shared fc6
-    maps each backbone embedding to ``mlp_dim``; fc7–fc9 (paper: 4096, 4096, 8) on the
-    concatenated pair predict the position; the MLP's batch norms have no scale or shift
-    (§4). Features: the pooled backbone on the whole image, normalised as patches are.
-    ``backbone_family = "cnn"``: the backbone is built at the patch size, and a ViT's
-    fixed position embedding cannot take the whole image."""
+    textures continuing across patches; colour dropping or projection removes chromatic
+    aberration (it reveals a patch's place in the lens); some patches are pixelated; each
+    is normalised alone. Late fusion (§3.2, Fig. 3): a shared fc6 maps each embedding to
+    ``mlp_dim``; fc7–fc9 (paper: 4096, 4096, 8) on the concatenated pair predict the
+    position; the MLP's batch norms have no scale or shift (§4). Features: the pooled
+    backbone on the whole image, normalised as patches are. ``backbone_family = "cnn"``: the
+    backbone, built at the patch size, also takes whole images (a ViT's fixed positions cannot)."""
 
     paper = "Doersch, Gupta & Efros, ICCV 2015, §3–4"
     backbone_family = "cnn"
@@ -153,8 +151,7 @@ class RelativePatch(PretextTask):
         jitter_ratio: float = option(7 / 96, low=0.0, high=0.5)  # max jitter / patch side [7/96]
         # §3.1 "drop" (colour dropping), "project" (green–magenta axis) or "none"; RGB only
         color_handling: str = option("drop", choices=("drop", "project", "none"))
-        # noise std in the dropped channels / the kept channel's std [about 1/100]
-        drop_noise_ratio: float = option(0.01, low=0.0, high=1.0)
+        drop_noise_ratio: float = option(0.01, low=0.0, high=1.0)  # noise / kept std [≈1/100]
         pixelate_prob: float = option(0.25, low=0.0, high=1.0)  # share pixelated ["some"]
         # smallest kept share of a patch's pixels [100 of 96² pixels]
         pixelate_min_area: float = option(100 / 96 ** 2, low=0.0, high=1.0)
@@ -194,52 +191,55 @@ class RelativePatch(PretextTask):
             patches = project_color(patches)                                # (M, 3, p, p)
         return center_channels(patches, NORM_EPS)                           # (M, C, p, p)
 
-    def make_pairs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prepared pairs ``(2, N, C, p, p)`` (all centres, then all neighbours), labels
-        ``(N,)``, corners ``(N, 2, C, 2)``. Patches meet :meth:`prepare` and the backbone
-        in this order and channels-last, as in earlier versions: colour dropping draws
-        noise in memory order and convolutions sum in layout order (bit-identical runs)."""
-        patches, labels, corners = sample_pairs(images, self.geometry)   # (N, 2, C, p, p)
-        pairs = patches.transpose(0, 1)                                  # (2, N, C, p, p)
-        flat = pairs.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (2N, C, p, p)
-        return self.prepare(flat).view_as(pairs), labels, corners        # (2, N, C, p, p)
+    def make_grid(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prepared grids ``(N, 9, C, p, p)``, labels ``(N, 8)``, corners ``(N, 9, C, 2)``
+        of ``(N, C, H, W)`` images (:func:`sample_grid`, then :meth:`prepare` per patch)."""
+        patches, labels, corners = sample_grid(images, self.geometry)    # (N, 9, C, p, p)
+        flat = self.prepare(patches.flatten(0, 1))                       # (9N, C, p, p)
+        return flat.view_as(patches), labels, corners                    # (N, 9, C, p, p)
 
-    def logits(self, pairs: torch.Tensor) -> torch.Tensor:
-        """Position logits ``(N, 8)`` of prepared pairs ``(2, N, C, p, p)``: one
-        backbone call over all 2N patches, fc6 per patch, then fc7–fc9 on each pair."""
-        embeddings = self.fc6(self.backbone(pairs.flatten(0, 1)))       # (2N, h)
-        centre, neighbour = embeddings.view(2, pairs.shape[1], -1)      # (N, h) each
-        return self.fusion(torch.cat([centre, neighbour], dim=1))       # (N, 2h) → (N, 8)
+    def logits(self, grids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, 8, 8)`` (image, pair k, position) of prepared grids ``(N, 9, C, p,
+        p)``: one backbone call on all 9N patches, fc6 each, fc7–fc9 on each pair."""
+        embeddings = self.fc6(self.backbone(grids.flatten(0, 1)))        # (9N, h)
+        grid = embeddings.unflatten(0, (len(grids), 9))                  # (N, 9, h)
+        centre = grid[:, :1].expand(-1, len(NEIGHBOUR_OFFSETS), -1)      # (N, 8, h)
+        pairs = torch.cat([centre, grid[:, 1:]], dim=2).flatten(0, 1)    # (8N, 2h)
+        return self.fusion(pairs).unflatten(0, (len(grids), -1))         # (8N, 8) → (N, 8, 8)
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        """8-way cross-entropy (nats) of the neighbour's position, one pair per
-        ``(N, C, H, W)`` image in [0, 1]; logs ``top1`` (%, chance 12.5 %)."""
-        prepared, labels, _ = self.make_pairs(images)                    # (2, N, C, p, p)
-        logits = self.logits(prepared)                                   # (N, 8)
-        top1 = (logits.argmax(1) == labels).float().mean() * 100
-        return F.cross_entropy(logits, labels), {"top1": top1.detach()}
+        """8-way cross-entropy (nats) of each neighbour's position, mean over the 8N pairs
+        of ``(N, C, H, W)`` images in [0, 1]; logs ``top1`` over all pairs (%, chance 12.5)."""
+        prepared, labels, _ = self.make_grid(images)                     # (N, 9, C, p, p)
+        logits = self.logits(prepared)                                   # (N, 8, 8)
+        top1 = (logits.argmax(2) == labels).float().mean() * 100
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten()), {"top1": top1.detach()}
+
+    def pretext_chance(self) -> dict[str, float]:
+        return {"top1": 100.0 / len(NEIGHBOUR_OFFSETS)}
 
     @torch.no_grad()
     def render(self, images: torch.Tensor):
-        """Images with their centre (cyan) and neighbour (red) patch, true and predicted
-        position, above each pair as the network sees it (rescaled to [0, 1])."""
+        """Images with their grid, centre box cyan and neighbour boxes red (solid where
+        the position was predicted right, dotted where not) and the count right of 8,
+        above the 9 patches as the network sees them, in place (shown as 0.5 + 0.2 x)."""
         from matplotlib.patches import Rectangle
 
         g = self.geometry
-        prepared, labels, corners = self.make_pairs(images)             # (2, N, C, p, p)
-        predicted = self.logits(prepared).argmax(1)                      # (N,)
-        pairs = torch.cat([prepared[0], prepared[1]], dim=-1)           # (N, C, p, 2p)
-        low = pairs.amin(dim=(1, 2, 3), keepdim=True)
-        pairs = (pairs - low) / (pairs.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-6)
-        fig = image_rows([("image", images), ("centre | neighbour", pairs)], title=(
+        prepared, labels, corners = self.make_grid(images)              # (N, 9, C, p, p)
+        right = self.logits(prepared).argmax(2) == labels               # (N, 8)
+        raster = 0.5 + 0.2 * prepared[:, [1, 2, 3, 4, 0, 5, 6, 7, 8]]   # (N, 9, C, p, p) row-major
+        framed = F.pad(raster, (1, 1, 1, 1), value=1.0).unflatten(1, (3, 3))  # (N, 3, 3, C, s, s)
+        grids = framed.permute(0, 3, 1, 4, 2, 5).flatten(4, 5).flatten(2, 3)   # (N, C, 3s, 3s)
+        fig = image_rows([("image", images), ("patches", grids)], title=(
             f"relative-patch: patch {g.patch} px, gap {g.gap} px, jitter ±{g.jitter} px"))
         for i, ax in enumerate(fig.axes[:len(images)]):
-            for k, colour in enumerate(("cyan", "red")):
+            for k in range(9):
                 row, col = corners[i, k, 0].tolist()
                 ax.add_patch(Rectangle((col - 0.5, row - 0.5), g.patch, g.patch, fill=False,
-                                       edgecolor=colour, linewidth=1.5))
-            ax.set_title(f"{labels[i].item()} {POSITION_NAMES[labels[i]]}\n"
-                         f"pred {predicted[i].item()}", fontsize=7)
+                                       edgecolor="red" if k else "cyan", linewidth=1.2,
+                                       linestyle="-" if k == 0 or right[i, k - 1] else ":"))
+            ax.set_title(f"{int(right[i].sum())}/8 right", fontsize=7)
         fig.tight_layout()
         return fig
 

@@ -10,13 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.base import Backbone
-from ssl_bench.core.errors import IncompatibleError
+from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
-from tasks.color import in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l, rgb_to_lab
+from tasks.color import (ZHANG_GRID, in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l,
+                         rebalance_weights, rgb_to_lab, soft_encode_ab, zhang_ab_bins)
 
 AB_SCALE = 110.0  # |a|, |b| of sRGB colours stay below this, so ab / 110 lies in [-1, 1]
+NEIGHBOURS, SIGMA, MIX = 5, 5.0, 0.5  # Zhang et al. 2016: soft-encoding k, σ (§2.1), λ (§2.2)
 
 
 class SplitBrainBackbone(Backbone):
@@ -71,20 +73,28 @@ class SplitBrain(PretextTask):
     every layer so the pair costs one network, §3.2): the L half predicts ab from L
     (colourisation), the ab half predicts L from ab. Both are per-pixel
     **classifications** trained with cross-entropy, the paper's best variant
-    "(cl,cl)" (§3.1, §4.1): ab on a grid of side 10 restricted to in-gamut bins
-    (Zhang et al. 2016, §2.1; here 261 bins from the sRGB gamut, see
-    :func:`tasks.color.in_gamut_ab_bins`), L in 50 bins of 2 units. Targets are hard
-    one-hot bins; the loss is the plain sum of both cross-entropies (§3.2), without
-    the class rebalancing of Zhang et al. 2016 (§2.2), which served vivid
-    colourisations rather than features.
+    "(cl,cl)" (§3.1, §4.1); the loss is the plain sum of both (§3.2). ab classes:
+    by default the 313 bins (grid 10) released with Zhang et al. 2016 (§2.1),
+    :func:`tasks.color.zhang_ab_bins`; ``ab_bin_set=derived``: the 261 bins that
+    8-bit sRGB colours fall in (a subset, :func:`tasks.color.in_gamut_ab_bins`).
+    L: 50 bins of 2 units. Options from Zhang et al. 2016: ``soft_encoding``
+    (targets over the 5 nearest ab bins, Gaussian σ = 5, §2.1) and ``rebalance``
+    (each pixel's ab term × its bin's weight, eq. 4, λ = ½, σ = 5, §2.2); the ab
+    distribution is a running histogram of the training batches' bins (counted in
+    train mode with gradients on, never from held-out images; weights are 1 before).
+
+    Not verified (the split-brain paper's text was not at hand offline): the 313
+    ab bins (stated by the project's fairness review), the 50 L bins, and whether
+    split-brain kept soft encoding or rebalancing; so both stay off by default.
 
     Predictions are made at ``target_scale`` of the image side (¼, the output
     resolution of the colourisation network of Zhang et al. 2016): a 1×1 convolution
     (per-pixel linear classifier) on each half's deepest feature map, upsampled
     bilinearly; targets are the Lab image average-pooled to that side, then quantised.
 
-    RGB data only: grayscale has no colour to split off (IncompatibleError).
-    Features: both halves' pooled features concatenated, ``(N, D_L + D_ab)``.
+    Raises IncompatibleError on grayscale data (no colour to split off), OptionError
+    for ``ab_grid`` ≠ 10 with the 313 bins. Features: both halves' pooled features
+    concatenated, ``(N, D_L + D_ab)``.
     """
 
     paper = "Zhang, Isola & Efros, CVPR 2017, §3–4"
@@ -97,7 +107,10 @@ class SplitBrain(PretextTask):
         ``temperature``: T of the annealed mean that decodes predicted ab for the picture
         (Zhang et al. 2016, §2.3)."""
 
-        ab_grid: float = option(10.0, low=2.0, high=50.0)  # ab bin side in Lab units
+        ab_bin_set: str = option("zhang313", choices=("zhang313", "derived"))  # Zhang 2016 §2.1
+        ab_grid: float = option(10.0, low=2.0, high=50.0)  # ab bin side ("derived" only)
+        soft_encoding: bool = option(False)  # 5 nearest bins, σ = 5 (Zhang 2016 §2.1)
+        rebalance: bool = option(False)  # class weights, eq. 4 (Zhang 2016 §2.2)
         l_bins: int = option(50, low=2, high=100)  # L bins over [0, 100]: 2 units each
         target_scale: float = option(0.25, low=0.01, high=1.0)  # prediction side / image side
         width_multiplier: float = option(0.5, low=0.05, high=1.0)  # each half's width (§3.2)
@@ -105,6 +118,9 @@ class SplitBrain(PretextTask):
 
     def __init__(self, make_backbone: BackboneFactory, spec, options: "SplitBrain.Options") -> None:
         super().__init__(make_backbone, spec, options)
+        if options.ab_bin_set == "zhang313" and options.ab_grid != ZHANG_GRID:
+            raise OptionError(f"--set ab_grid={options.ab_grid} needs ab_bin_set=derived: the "
+                              f"313 bins of Zhang et al. lie on a grid of {ZHANG_GRID:g}")
         self.width_used = options.width_multiplier
         try:
             l_net = self.build_backbone(make_backbone, in_chans=1,
@@ -119,10 +135,13 @@ class SplitBrain(PretextTask):
             ab_net = self.build_backbone(make_backbone, in_chans=2)
         self.backbone = SplitBrainBackbone(l_net, ab_net)
 
-        centres, lookup, origin = in_gamut_ab_bins(options.ab_grid)  # (K_ab, 2), (G, G), int
+        centres, lookup, origin = (zhang_ab_bins() if options.ab_bin_set == "zhang313" else
+                                   in_gamut_ab_bins(options.ab_grid))  # (K_ab, 2), (G, G), int
         self.register_buffer("ab_centres", centres, persistent=False)
         self.register_buffer("ab_lookup", lookup, persistent=False)
         self.ab_origin = origin
+        self.register_buffer("ab_counts", torch.zeros(len(centres), dtype=torch.float64),
+                             persistent=options.rebalance)  # (K_ab,) training pixels per bin
         l_centres = (torch.arange(options.l_bins) + 0.5) * (100.0 / options.l_bins)  # (K_L,)
         self.register_buffer("l_centres", l_centres, persistent=False)
         self.target_size = max(1, round(spec.image_size * options.target_scale))
@@ -162,17 +181,38 @@ class SplitBrain(PretextTask):
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """Sum of both halves' mean per-pixel cross-entropies in nats (§3.2) on RGB
         images ``(N, 3, H, W)`` in [0, 1]; logs each (``ab_loss``, ``l_loss``) and the
-        per-pixel top-1 accuracy (%) of each at the prediction side (``ab_top1``, ``l_top1``)."""
+        per-pixel top-1 accuracy (%) of each against the hard bins at the prediction
+        side (``ab_top1``, ``l_top1``)."""
         lab = rgb_to_lab(images)  # (N, 3, H, W)
         ab_logits, l_logits = self.predict(self._scale(lab))  # (N, K_ab, s, s), (N, K_L, s, s)
-        ab_target, l_target = self.targets(lab)  # (N, s, s) each
-        ab_loss = F.cross_entropy(ab_logits, ab_target)
+        small = F.adaptive_avg_pool2d(lab, self.target_size)  # (N, 3, s, s)
+        ab_target, l_target = self.targets(small)  # (N, s, s) each
+        ab_loss = self.ab_cross_entropy(ab_logits, small[:, 1:], ab_target)
         l_loss = F.cross_entropy(l_logits, l_target)
         with torch.no_grad():
             ab_top1 = 100.0 * (ab_logits.argmax(1) == ab_target).float().mean()
             l_top1 = 100.0 * (l_logits.argmax(1) == l_target).float().mean()
         return ab_loss + l_loss, {"ab_loss": ab_loss.detach(), "l_loss": l_loss.detach(),
                                   "ab_top1": ab_top1, "l_top1": l_top1}
+
+    def ab_cross_entropy(self, ab_logits: torch.Tensor, ab: torch.Tensor,
+                         ab_target: torch.Tensor) -> torch.Tensor:
+        """Mean per-pixel cross-entropy (nats) of ab logits ``(N, K_ab, s, s)``: against
+        the hard bins ``ab_target`` ``(N, s, s)``, or the soft encoding of the pooled ab
+        ``(N, 2, s, s)`` (Zhang et al. 2016, eq. 2); with ``rebalance``, each pixel's
+        term × the weight of its bin (eq. 3–4), after counting the bins of training batches."""
+        if self.options.soft_encoding:
+            index, weight = soft_encode_ab(ab, self.ab_centres, NEIGHBOURS, SIGMA)  # (N, k, s, s)
+            log_p = F.log_softmax(ab_logits.float(), dim=1)  # (N, K_ab, s, s)
+            per_pixel = -(weight * log_p.gather(1, index)).sum(1)  # (N, s, s)
+        else:
+            per_pixel = F.cross_entropy(ab_logits, ab_target, reduction="none")  # (N, s, s)
+        if self.options.rebalance:
+            if self.training and torch.is_grad_enabled():  # training images only
+                self.ab_counts += torch.bincount(ab_target.flatten(), minlength=len(self.ab_counts))
+            weights = rebalance_weights(self.ab_counts, self.ab_centres, MIX, SIGMA)  # (K_ab,)
+            per_pixel = per_pixel * weights[ab_target]  # (N, s, s)
+        return per_pixel.mean()
 
     @torch.no_grad()
     def decode(self, ab_logits: torch.Tensor, l_logits: torch.Tensor
@@ -200,7 +240,9 @@ class SplitBrain(PretextTask):
         ], title=f"split-brain (annealed mean, T={self.options.temperature})")
 
     def summary(self) -> dict[str, Any]:
-        """Adds the bin counts, the prediction side and the width each half was built at."""
+        """Adds the bin counts, the prediction side, the width each half was built at and,
+        with ``rebalance``, how many training pixels the ab histogram holds."""
+        extra = {"rebalance_pixels": int(self.ab_counts.sum())} if self.options.rebalance else {}
         return {**super().summary(), "ab_bins": int(self.ab_centres.shape[0]),
                 "l_bins": self.options.l_bins, "target_size": self.target_size,
-                "width_multiplier": self.width_used}
+                "width_multiplier": self.width_used, **extra}

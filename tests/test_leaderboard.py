@@ -12,7 +12,8 @@ from scipy import stats
 from ssl_bench.core.errors import DataError, OptionError
 from ssl_bench.core.rundir import atomic_write_json
 from ssl_bench.leaderboard import (IDENTITY, aggregate_seeds, confidence_interval,
-                                   headline_metrics, leaderboard_frame, write_leaderboard)
+                                   headline_metrics, leaderboard_frame, leaderboard_markdown,
+                                   write_leaderboard)
 
 
 def _fake_run(root, name, task, knn, seed=0, linear=50.0, config_id=None, **extra):
@@ -142,3 +143,23 @@ def test_leaderboard_without_runs(tmp_path):
         write_leaderboard([tmp_path], tmp_path / "lb.csv")
     with pytest.raises(DataError, match="does not exist"):
         write_leaderboard([tmp_path / "missing"], tmp_path / "lb.csv")
+
+
+def test_gain_over_step0_with_its_interval_and_the_pretext_beside_chance(tmp_path):
+    step0 = {"metrics": {"knn_top1_k20": 50.0, "linear_top1": 40.0, "linear_lr": 0.1},
+             "pretext": {"top1": 12.0}}
+    for seed, (linear, pretext) in enumerate([(45.0, 20.0), (47.0, 22.0), (46.0, 21.0)]):
+        _fake_run(tmp_path, f"learns{seed}", "relative-patch", 55.0, seed=seed, linear=linear,
+                  step0=step0, pretext={"top1": pretext}, pretext_chance={"top1": 12.5})
+    for seed, linear in enumerate([39.0, 42.0, 40.5]):
+        _fake_run(tmp_path, f"flat{seed}", "jigsaw", 50.0, seed=seed, linear=linear, step0=step0)
+    runs = leaderboard_frame([tmp_path])
+    assert runs.loc[runs["run"] == "learns0", "gain_linear_top1"].item() == 5.0
+    assert "gain_linear_lr" not in runs  # a probe's choice is not a measurement
+    summary = aggregate_seeds(runs).set_index("task")
+    assert summary.loc["relative-patch", "gain_linear_top1_mean"] == pytest.approx(6.0)
+    assert summary.loc["relative-patch", "pretext_top1_chance"] == 12.5
+    md = leaderboard_markdown(summary.reset_index())
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
+    assert "top1 21 (chance 12.5, step 0 12)" in rows["relative-patch"]
+    assert "†" not in rows["relative-patch"] and "†" in rows["jigsaw"]  # its CI includes 0

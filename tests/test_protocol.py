@@ -77,10 +77,10 @@ def test_protocol_reports_full_lowshot_and_per_layer_metrics():
     noise = torch.randn_like(train_x), torch.randn_like(test_x)  # a layer without signal
     protocol = Protocol({"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe(min_steps=100)},
                         lowshot={"10pct": 40}, layer_probe=LinearProbe(min_steps=100))
-    metrics, layers = protocol.evaluate(train_x, train_y, test_x, test_y, 4, seed=0,
-                                        train_stages=[noise[0], train_x],
-                                        test_stages=[noise[1], test_x],
-                                        stage_names=["noise", "signal"])
+    result = protocol.evaluate(train_x, train_y, test_x, test_y, 4, seed=0,
+                               train_stages=[noise[0], train_x], test_stages=[noise[1], test_x],
+                               stage_names=["noise", "signal"])
+    metrics, layers = result.metrics, result.layers
     assert metrics["linear_top1"] > 95 and metrics["knn_top1_k20"] > 95
     assert metrics["linear_top1_10pct"] > 90 and "knn_top1_k20_10pct" in metrics
     assert [(r["name"], r["depth"], r["dims"]) for r in layers] == [("noise", 1, 8),
@@ -88,3 +88,31 @@ def test_protocol_reports_full_lowshot_and_per_layer_metrics():
     assert layers[0]["linear_top1"] < 50 < layers[1]["linear_top1"]
     assert metrics["layer_best_linear_top1"] == metrics["layer_last_linear_top1"] \
         == layers[1]["linear_top1"]
+    assert result.layer_best == "signal"
+
+
+def _choices(result) -> dict:
+    """Everything the protocol chose: probe settings (all labels, low-shot, per layer),
+    validation scores and the best layer."""
+    picked = {k: v for k, v in result.metrics.items() if "_lr" in k or "_wd" in k or "_val_" in k}
+    picked["layers"] = [{k: v for k, v in r.items() if "_lr" in k or "_wd" in k or "_val_" in k}
+                        for r in result.layers]
+    return {**picked, "layer_best": result.layer_best}
+
+
+def test_shuffled_test_labels_change_no_choice():
+    """The test split takes part in no choice: with the test labels permuted, every
+    setting and the chosen layer stay the same, while test accuracy collapses."""
+    train_x, train_y = _blobs(60)
+    test_x, test_y = _blobs(25, seed=1)
+    weak = train_x[:, :2] + 3 * torch.randn(len(train_x), 2), test_x[:, :2] + 3 * torch.randn(
+        len(test_x), 2)  # a weaker layer, so the layer choice is not trivial
+    protocol = Protocol({"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe(min_steps=50)},
+                        lowshot={"20pct": 48}, layer_probe=LinearProbe(min_steps=50))
+    runs = [protocol.evaluate(train_x, train_y, test_x, labels, 4, seed=0,
+                              train_stages=[train_x, weak[0]], test_stages=[test_x, weak[1]],
+                              stage_names=["strong", "weak"])
+            for labels in (test_y, test_y[torch.randperm(len(test_y))])]
+    assert _choices(runs[0]) == _choices(runs[1])
+    assert runs[0].layer_best == "strong"
+    assert runs[1].metrics["linear_top1"] < runs[0].metrics["linear_top1"] - 40

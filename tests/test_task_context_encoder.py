@@ -108,10 +108,14 @@ def test_overlap_border_is_weighted_ten_times():
     assert torch.equal(loss_weights(mask, 0, 10.0), mask.float())
 
 
-def test_overlap_scales_with_the_image_side():
-    assert build_small_task("context-encoder", RGB32).overlap_px == 1  # 4 px of 128
-    assert build_small_task("context-encoder", GRAY28, overlap=8 / 128).overlap_px == 2
-    assert build_small_task("context-encoder", RGB32).summary()["overlap_px"] == 1
+def test_overlap_scales_with_the_image_side_around_the_centre_hole_only():
+    centre = {"mask": "center"}
+    assert build_small_task("context-encoder", RGB32, **centre).overlap_px == 1  # 4 px of 128
+    assert build_small_task("context-encoder", GRAY28, overlap=8 / 128, **centre).overlap_px == 2
+    assert build_small_task("context-encoder", RGB32, **centre).summary()["overlap_px"] == 1
+    # random holes get no border: it would weight pixels the encoder sees (released code)
+    for mask in ("random-region", "random-block"):
+        assert build_small_task("context-encoder", RGB32, mask=mask).overlap_px == 0
 
 
 def test_psnr_logs_are_taken_over_the_hole():

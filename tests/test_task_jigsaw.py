@@ -81,7 +81,7 @@ def test_summary_reports_permutation_buffer_statistics():
     mean, minimum = hamming_statistics(buffer)
     summary = task.summary()
     assert summary["hamming_mean"] == pytest.approx(mean) and summary["hamming_min"] == minimum
-    assert summary["chance_top1"] == pytest.approx(100 / 12)
+    assert task.pretext_chance() == {"top1": pytest.approx(100 / 12)}
     assert (summary["cell_size"], summary["tile_size"]) == (10, 8)
     assert set(summary["parameters"]) == {"backbone", "tile_fc", "classifier"}
 

@@ -1,4 +1,5 @@
-"""relative-patch: positions, sampling bounds, shortcut guards, shapes, learning."""
+"""relative-patch: positions, the 3×3 grid and its bounds, shortcut guards, shapes,
+pairing, learning."""
 
 import pytest
 import torch
@@ -6,8 +7,15 @@ import torch
 from ssl_bench.build import build_task
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.spec import DataSpec
-from tasks.relative_patch import (NEIGHBOUR_OFFSETS, Geometry, drop_color, patch_geometry,
-                                  pixelate, project_color, sample_pairs)
+from tasks.relative_patch import (
+    NEIGHBOUR_OFFSETS,
+    Geometry,
+    drop_color,
+    patch_geometry,
+    pixelate,
+    project_color,
+    sample_grid,
+)
 
 RGB = DataSpec("test", channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
 GRAY = DataSpec("gray", channels=1, image_size=28, mean=(0.5,), std=(0.25,), hflip=False)
@@ -24,23 +32,21 @@ def test_labels_are_the_eight_distinct_neighbours():
     assert NEIGHBOUR_OFFSETS[0] == (-1, -1) and NEIGHBOUR_OFFSETS[7] == (1, 1)
 
 
-def test_hand_made_grid_gives_the_right_label():
+def test_hand_made_grid_gives_the_right_labels():
     geometry = Geometry(patch=7, gap=3, jitter=0)
     image = torch.zeros(1, 1, geometry.span, geometry.span)
     for r in range(3):  # cell (r, c) is filled with the value 3 r + c
         for c in range(3):
             top, left = r * 10, c * 10
             image[..., top:top + 7, left:left + 7] = 3 * r + c
-    images = image.expand(200, 1, -1, -1)
-    torch.manual_seed(0)
-    patches, labels, _ = sample_pairs(images, geometry)
-    assert patches.shape == (200, 2, 1, 7, 7)
-    assert torch.all(patches[:, 0] == 4)  # the centre cell
-    cell = patches[:, 1, 0, 0, 0].long()
-    assert torch.all(patches[:, 1] == cell.view(-1, 1, 1, 1))  # one whole cell, no gap pixels
-    offsets = torch.stack([cell // 3 - 1, cell % 3 - 1], dim=1)
+    patches, labels, _ = sample_grid(image.expand(5, 1, -1, -1), geometry)
+    assert patches.shape == (5, 9, 1, 7, 7) and labels.shape == (5, 8)
+    cell = patches[..., 0, 0, 0].long()  # (5, 9)
+    assert torch.equal(patches, cell.view(5, 9, 1, 1, 1).expand_as(patches))  # whole cells
+    assert torch.all(cell[:, 0] == 4)  # the centre first
+    offsets = torch.stack([cell[:, 1:] // 3 - 1, cell[:, 1:] % 3 - 1], dim=2)  # (5, 8, 2)
     assert torch.equal(offsets, torch.tensor(NEIGHBOUR_OFFSETS)[labels])
-    assert set(labels.tolist()) == set(range(8))
+    assert torch.equal(labels, torch.arange(8).expand(5, 8))  # pair k has label k
 
 
 @pytest.mark.parametrize("size", [28, 32, 96])
@@ -50,16 +56,19 @@ def test_patches_stay_inside_for_all_jitter_draws(size):
     rows = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1).expand(1, 1, size, size)
     images = (rows * size + rows.transpose(-1, -2)).expand(3000, 1, -1, -1)
     torch.manual_seed(0)
-    patches, labels, corners = sample_pairs(images, geometry)
-    assert corners.shape == (3000, 2, 1, 2)
+    patches, labels, corners = sample_grid(images, geometry)
+    assert corners.shape == (3000, 9, 1, 2) and patches.shape[:2] == (3000, 9)
     assert corners.min() >= 0 and corners.max() + geometry.patch <= size
     assert corners.min() == 0 and corners.max() + geometry.patch == size  # extremes reached
     # The crops are the pixels at the corners (each pixel's value encodes its position).
     assert torch.equal(patches[..., 0, 0], corners[..., 0] * size + corners[..., 1])
-    # Neighbour minus centre is the label's offset, up to twice the jitter.
+    # Neighbour k minus the centre is NEIGHBOUR_OFFSETS[k] cells, up to twice the jitter.
     step = geometry.patch + geometry.gap
-    deviation = corners[:, 1, 0] - corners[:, 0, 0] - torch.tensor(NEIGHBOUR_OFFSETS)[labels] * step
+    expected = torch.tensor(NEIGHBOUR_OFFSETS)[labels] * step  # (3000, 8, 2)
+    deviation = corners[:, 1:, 0] - corners[:, :1, 0] - expected
     assert deviation.abs().max() == 2 * geometry.jitter
+    # Each patch is jittered on its own: neighbours of one image deviate differently.
+    assert (deviation != deviation[:, :1]).any(dim=(1, 2)).float().mean() > 0.9
 
 
 def test_documented_geometries():
@@ -99,15 +108,40 @@ def test_shapes(spec):
     task = make(spec=spec)
     n, c, s = 5, spec.channels, spec.image_size
     x = torch.rand(n, c, s, s)
-    prepared, labels, corners = task.make_pairs(x)
+    prepared, labels, corners = task.make_grid(x)
     p = task.geometry.patch
-    assert prepared.shape == (2, n, c, p, p) and labels.shape == (n,)
-    assert corners.shape == (n, 2, c, 2)
-    assert task.logits(prepared).shape == (n, 8)
+    assert prepared.shape == (n, 9, c, p, p) and labels.shape == (n, 8)
+    assert corners.shape == (n, 9, c, 2)
+    assert task.logits(prepared).shape == (n, 8, 8)  # (image, pair k, position)
     task.eval()
     assert task.features(x).shape == (n, task.backbone.num_features)
     assert set(task.pretext_metrics(x)) == {"loss", "top1"}
-    assert len(task.render(x[:3]).axes) == 2 * 3
+
+
+def test_pair_k_sees_only_the_centre_and_neighbour_k():
+    torch.manual_seed(0)
+    task = make().eval()  # batch norms on running statistics: no coupling across the batch
+    grids = torch.randn(2, 9, 3, 7, 7)
+    base = task.logits(grids)
+    for j in (1, 5):  # change neighbour j − 1: only that pair's logits move
+        changed = grids.clone()
+        changed[:, j] = torch.randn(2, 3, 7, 7)
+        moved = (task.logits(changed) - base).abs().amax(dim=(0, 2)) > 1e-6  # (8,)
+        assert moved.tolist() == [k == j - 1 for k in range(8)]
+    changed = grids.clone()
+    changed[:, 0] = torch.randn(2, 3, 7, 7)  # the centre is in every pair
+    assert ((task.logits(changed) - base).abs().amax(dim=(0, 2)) > 1e-6).all()
+
+
+def test_render_draws_the_grid_and_counts_right_positions():
+    task = make().eval()
+    figure = task.render(torch.rand(3, 3, 32, 32))
+    assert len(figure.axes) == 2 * 3
+    for ax in figure.axes[:3]:
+        colours = [tuple(box.get_edgecolor()[:3]) for box in ax.patches]
+        assert colours == [(0.0, 1.0, 1.0)] + [(1.0, 0.0, 0.0)] * 8  # centre cyan, 8 red
+        right, of = ax.get_title().split()[0].split("/")
+        assert of == "8" and 0 <= int(right) <= 8
 
 
 def test_loss_falls_on_a_fixed_batch():
@@ -117,15 +151,15 @@ def test_loss_falls_on_a_fixed_batch():
     x = torch.rand(16, 3, 32, 32)
     losses = []
     for _ in range(30):
-        torch.manual_seed(1)  # the same pairs, colour drops and pixelations every step
+        torch.manual_seed(1)  # the same grids, colour drops and pixelations every step
         losses.append(task.training_step(x, optimizers)["loss"].item())
     assert losses[-1] < 0.5 * losses[0]
 
 
 def test_rgb_corners_are_shared_by_the_channels():
     torch.manual_seed(0)
-    patches, _, corners = sample_pairs(torch.rand(6, 3, 32, 32), patch_geometry(32))
-    assert patches.shape == (6, 2, 3, 7, 7)
+    patches, _, corners = sample_grid(torch.rand(6, 3, 32, 32), patch_geometry(32))
+    assert patches.shape == (6, 9, 3, 7, 7)
     assert torch.equal(corners, corners[:, :, :1].expand_as(corners))
 
 

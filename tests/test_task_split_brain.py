@@ -1,4 +1,5 @@
-"""split-brain: Lab conversion, bins, shapes, learning, and the 1-channel refusal."""
+"""split-brain: Lab conversion, bins, soft encoding, rebalancing, shapes, learning, and
+the 1-channel refusal."""
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from ssl_bench.build import build_task
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.spec import DataSpec
 from tasks.base import count_parameters
-from tasks.color import in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l, rgb_to_lab
+from tasks.ab_bins_313 import AB_BINS_313
+from tasks.color import (in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l, rebalance_weights,
+                         rgb_to_lab, smoothed_distribution, soft_encode_ab, zhang_ab_bins)
 from tasks.split_brain import SplitBrain
 
 RGB = DataSpec("test", channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, hflip=True)
@@ -19,6 +22,9 @@ TINY = {"width": 8}
 
 def make(options=None, spec=RGB):
     return build_task("split-brain", "convnet", spec, options or {}, TINY)
+
+
+BIN_SETS = {"zhang313": zhang_ab_bins, "derived": lambda: in_gamut_ab_bins(10.0)}
 
 
 def smooth_images(n, size=32, seed=0):
@@ -62,8 +68,9 @@ def test_in_gamut_ab_bins_are_deterministic_and_plausible():
     assert lookup.min() >= 0 and lookup.max() < len(centres)
 
 
-def test_every_srgb_pixel_falls_in_its_own_in_gamut_bin():
-    centres, lookup, origin = in_gamut_ab_bins(10.0)
+@pytest.mark.parametrize("bin_set", sorted(BIN_SETS))
+def test_every_srgb_pixel_falls_in_its_own_in_gamut_bin(bin_set):
+    centres, lookup, origin = BIN_SETS[bin_set]()
     rgb = torch.randint(0, 256, (1, 3, 64, 64), generator=torch.Generator().manual_seed(2)) / 255
     ab = rgb_to_lab(rgb)[:, 1:]
     bins = quantize_ab(ab, lookup, origin, 10.0)
@@ -72,12 +79,104 @@ def test_every_srgb_pixel_falls_in_its_own_in_gamut_bin():
     assert distance.max() <= 5.0 + 1e-4  # the bin is the pixel's own grid cell
 
 
+def test_default_bins_are_the_313_released_bins_on_the_10_grid():
+    centres, lookup, origin = zhang_ab_bins()
+    assert centres.shape == (313, 2) and len(set(AB_BINS_313)) == 313
+    assert torch.all(centres.remainder(10.0) == 0)
+    assert centres.tolist() == sorted(centres.tolist())  # released order: a, then b
+    assert centres.min() == -110 and centres.max() == 100
+    derived = {tuple(c) for c in in_gamut_ab_bins(10.0)[0].tolist()}
+    assert len(derived) == 261 and derived < {tuple(c) for c in centres.tolist()}
+    assert make().summary()["ab_bins"] == 313
+    assert torch.equal(make().ab_centres, centres)
+
+
+@pytest.mark.parametrize("bin_set", sorted(BIN_SETS))
+def test_quantising_a_bin_centre_returns_that_bin(bin_set):
+    centres, lookup, origin = BIN_SETS[bin_set]()
+    ab = centres.T.reshape(1, 2, -1, 1)  # (1, 2, K, 1)
+    everyone = torch.arange(len(centres)).view(1, -1, 1)
+    assert torch.equal(quantize_ab(ab, lookup, origin, 10.0), everyone)
+    assert torch.equal(quantize_ab(ab + 4.9, lookup, origin, 10.0), everyone)  # same cell
+    index, weight = soft_encode_ab(ab, centres)
+    assert torch.equal(index[:, 0], everyone)
+
+
+def test_soft_encoding_sums_to_one_and_weighs_the_nearest_bin_most():
+    centres = zhang_ab_bins()[0]
+    ab = (torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(3)) - 0.5) * 160
+    index, weight = soft_encode_ab(ab, centres, neighbours=5, sigma=5.0)
+    assert index.shape == weight.shape == (2, 5, 6, 6)
+    dense = torch.zeros(2, len(centres), 6, 6).scatter_(1, index, weight)  # (N, K, H, W)
+    torch.testing.assert_close(dense.sum(1), torch.ones(2, 6, 6))
+    distance = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), centres)  # (P, K)
+    nearest = distance.argmin(1).view(2, 6, 6)
+    assert torch.equal(dense.argmax(1), nearest) and torch.equal(index[:, 0], nearest)
+    assert torch.all(weight[:, :1] >= weight[:, 1:])
+    # Gaussian of σ = 5: the weight ratio of two bins is exp((d2² − d1²) / 50)
+    d = distance.gather(1, index.permute(0, 2, 3, 1).reshape(-1, 5))  # (P, 5)
+    w = weight.permute(0, 2, 3, 1).reshape(-1, 5)  # (P, 5)
+    torch.testing.assert_close(w[:, 0] / w[:, 1], torch.exp((d[:, 1] ** 2 - d[:, 0] ** 2) / 50),
+                               rtol=1e-3, atol=0)
+
+
+def test_rebalancing_weights_average_one_and_favour_rare_bins():
+    centres = zhang_ab_bins()[0]
+    counts = torch.zeros(313, dtype=torch.float64)
+    counts[150:170] = torch.arange(1.0, 21.0) ** 3  # a few common bins, all others unseen
+    weights = rebalance_weights(counts, centres, mix=0.5, sigma=5.0)
+    prior = smoothed_distribution(counts, centres, sigma=5.0)
+    torch.testing.assert_close(float((prior * weights.double()).sum()), 1.0)
+    assert weights[169] < weights[150] < weights[0]  # rarer → heavier
+    assert torch.all(torch.diff(weights[prior.argsort()]) <= 1e-6)  # decreasing in p̃
+    ratio = (0.5 * prior.max() + 0.5 / 313) / (0.5 * prior.min() + 0.5 / 313)
+    torch.testing.assert_close(float(weights.max() / weights.min()), float(ratio),
+                               rtol=1e-4, atol=0)
+    assert torch.equal(rebalance_weights(torch.zeros(313), centres), torch.ones(313))
+
+
+def test_rebalancing_counts_training_batches_only():
+    task = make({"rebalance": True})
+    x = smooth_images(4)
+    task.held_out_metrics([x])
+    task.eval()
+    task.loss(x)
+    assert float(task.ab_counts.sum()) == 0  # neither held-out nor eval-mode images count
+    task.train()
+    with torch.no_grad():
+        task.loss(x)
+    assert float(task.ab_counts.sum()) == 0
+    optimizers = task.configure_optimizers(task.default_optim(4))
+    task.training_step(x, optimizers)
+    ab_target, _ = task.targets(rgb_to_lab(x))
+    assert torch.equal(task.ab_counts, torch.bincount(ab_target.flatten(), minlength=313).double())
+    assert task.summary()["rebalance_pixels"] == 4 * 8 * 8
+    assert "ab_counts" in task.state_dict() and "ab_counts" not in make().state_dict()
+
+
+def test_soft_and_rebalanced_ab_losses_are_the_weighted_cross_entropies():
+    task = make({"soft_encoding": True, "rebalance": True})
+    x = smooth_images(4)
+    task.ab_counts += torch.arange(313, dtype=torch.float64)  # some training histogram
+    task.eval()
+    with torch.no_grad():
+        _, logs = task.loss(x)
+        ab_logits, _ = task.predict(task.normalize(x))
+    small = F.adaptive_avg_pool2d(rgb_to_lab(x), 8)
+    index, weight = soft_encode_ab(small[:, 1:], task.ab_centres)
+    soft = torch.zeros_like(ab_logits).scatter_(1, index, weight)  # (N, K, s, s) probabilities
+    per_pixel = F.cross_entropy(ab_logits, soft, reduction="none")  # (N, s, s)
+    w = rebalance_weights(task.ab_counts, task.ab_centres)[task.targets(small)[0]]
+    torch.testing.assert_close(float(logs["ab_loss"]), float((w * per_pixel).mean()))
+
+
 def test_l_bins_are_50_bins_of_2_units():
     lightness = torch.tensor([0.0, 1.99, 2.0, 50.0, 99.9, 100.0]).view(1, 1, 1, 6)
     assert quantize_l(lightness, 50).flatten().tolist() == [0, 0, 1, 25, 49, 49]
     task = make()
     assert task.l_head.out_channels == 50
-    assert task.ab_head.out_channels == len(in_gamut_ab_bins(10.0)[0])
+    assert task.ab_head.out_channels == 313
+    assert make({"ab_bin_set": "derived"}).ab_head.out_channels == len(in_gamut_ab_bins(10.0)[0])
 
 
 def test_shapes_and_features_are_both_halves():
@@ -121,7 +220,7 @@ def test_halves_are_half_width_and_see_their_channels():
     assert task.backbone.l_net.in_chans == 1 and task.backbone.ab_net.in_chans == 2
     summary = task.summary()
     assert summary["width_multiplier"] == 0.5 and summary["target_size"] == 8
-    assert summary["l_bins"] == 50 and summary["ab_bins"] == len(in_gamut_ab_bins(10.0)[0])
+    assert summary["l_bins"] == 50 and summary["ab_bins"] == 313
     halves = count_parameters(task.backbone.l_net) + count_parameters(task.backbone.ab_net)
     assert summary["parameters"]["backbone"] == halves > 0
     assert set(summary["parameters"]) == {"backbone", "ab_head", "l_head"}
@@ -146,9 +245,13 @@ def test_full_width_failure_is_not_retried():
         SplitBrain(factory, RGB, SplitBrain.Options(width_multiplier=1.0))
 
 
-def test_loss_falls_on_a_fixed_batch():
+@pytest.mark.parametrize("options", [
+    {}, {"ab_bin_set": "derived"}, {"soft_encoding": True}, {"rebalance": True},
+    {"soft_encoding": True, "rebalance": True},
+], ids=["default", "derived", "soft", "rebalance", "soft+rebalance"])
+def test_loss_falls_on_a_fixed_batch(options):
     torch.manual_seed(0)
-    task = make()
+    task = make(options)
     optimizers = task.configure_optimizers(task.default_optim(16))
     x = smooth_images(16)
     losses = [task.training_step(x, optimizers)["loss"].item() for _ in range(30)]
@@ -168,8 +271,12 @@ def test_grayscale_data_is_refused():
 
 @pytest.mark.parametrize("key, value", [
     ("ab_grid", 0.0), ("l_bins", 1), ("target_scale", 0.0), ("width_multiplier", 0.0),
-    ("temperature", 2.0),
+    ("temperature", 2.0), ("ab_bin_set", "lab"), ("ab_grid", 5.0),
 ])
 def test_bad_options_raise(key, value):
     with pytest.raises(OptionError, match=key):
         make({key: value})
+
+
+def test_other_grids_need_the_derived_bins():
+    assert make({"ab_bin_set": "derived", "ab_grid": 20.0}).summary()["ab_bins"] < 261

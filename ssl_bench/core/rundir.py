@@ -20,6 +20,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
+STEP0 = "step0.json"
 
 
 @contextmanager

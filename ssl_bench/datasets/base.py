@@ -20,6 +20,7 @@ from ssl_bench.core.errors import OptionError
 from ssl_bench.core.images import resize_uint8
 from ssl_bench.core.registry import DATASETS
 from ssl_bench.core.spec import DataSpec
+from ssl_bench.core.subsets import subset_indices
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 
@@ -60,8 +61,12 @@ class ImageData:
         return len(self.class_names)
 
     def spec(self) -> DataSpec:
-        """What a pretext task may know of the data: shapes and pixel statistics."""
-        x = self.train_images[:10_000].float() / 255.0
+        """What a pretext task may know of the data: shapes and the channel mean and
+        std of a seeded spread of ≤ 10,000 train images (an ImageFolder split is sorted
+        by class, so its first images would be one or two classes)."""
+        spread = subset_indices(len(self.train_images), min(10_000, len(self.train_images)),
+                                seed=0)
+        x = self.train_images[spread].float() / 255.0
         return DataSpec(
             name=self.name, channels=self.channels, image_size=self.image_size,
             mean=tuple(x.mean(dim=(0, 2, 3)).tolist()),
