@@ -89,6 +89,11 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                    help="override the task's optimizer")
     p.add_argument("--lr", type=float, help="peak learning rate (other optimizers of the task "
                                             "keep their ratio to it)")
+    p.add_argument("--lr-scale", type=float, default=_default("lr_scale"),
+                   help="multiply every learning rate of the task (default: %(default)s)")
+    p.add_argument("--tuned", metavar="FILE",
+                   help="take each task's learning-rate scale and knob setting from this "
+                        "`ssl-bench tune` file (explicit --set options win)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--evaluators", nargs="+", default=_default("evaluators"),
@@ -99,6 +104,23 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                         "metrics (default: %(default)s)")
     p.add_argument("--no-download", action="store_true",
                    help="never download; fail if the dataset is not under --data-root")
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="choose each task's learning rate and main knob on validation",
+        description="For each task: its learning rate × {1/4, 1, 4} crossed with the two "
+                    "settings of its main knob (6 runs at the budget given), scored by the "
+                    "linear probe's validation top-1 on a split of the labelled train "
+                    "images, never on test. Writes the choices to a YAML file that run and "
+                    "sweep read with --tuned.")
+    p.add_argument("--tasks", nargs="+", required=True, help="pretext tasks to tune")
+    p.add_argument("--backbones", nargs="+", default=[_default("backbone")])
+    p.add_argument("--datasets", nargs="+", default=[_default("dataset")])
+    p.add_argument("--seed", type=int, default=_default("seed"))
+    p.add_argument("-o", "--output", default="results/tuned.yaml",
+                   help="tuned file to write or update (default: %(default)s)")
+    _add_settings(p)
 
 
 def _add_sweep_parser(sub) -> None:
@@ -121,7 +143,7 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
 
     backbone_options = {k: yaml.safe_load(v) for k, v in
                         _key_values(args.backbone_opt, "--backbone-opt").items()}
-    return RunConfig(
+    config = RunConfig(
         data_root=args.data_root, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, train_subset=args.train_subset,
         eval_train_subset=args.eval_train_subset, test_subset=args.test_subset,
@@ -132,7 +154,12 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, evaluators=args.evaluators,
         eval_batch_size=args.eval_batch_size, pretext_eval_images=args.pretext_eval_images,
-        download=not args.no_download, command=command, **names)
+        download=not args.no_download, command=command, lr_scale=args.lr_scale, **names)
+    if args.tuned:
+        from ssl_bench.tune import apply_tuned
+
+        config = apply_tuned(config, args.tuned)
+    return config
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -155,6 +182,40 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
             for seed in args.seeds for dataset in args.datasets
             for backbone in args.backbones for task in args.tasks]
     outcome = Sweep(grid).run()
+    return 0 if not outcome.failed else 1
+
+
+def _tune(args: argparse.Namespace, argv: list[str]) -> int:
+    from ssl_bench.core.registry import TASKS
+    from ssl_bench.datasets import load_dataset
+    from ssl_bench.sweep import Sweep
+    from ssl_bench.tune import choose, grid, tuning_key, write_tuned
+
+    if args.tuned:
+        raise OptionError("ssl-bench tune writes a tuned file; it does not read --tuned")
+    command = " ".join(["ssl-bench", *map(shlex.quote, argv)])
+    tuned = [t for t in args.tasks if TASKS.get(t).pretrains and not TASKS.get(t).uses_labels]
+    skipped = sorted(set(args.tasks) - set(tuned))
+    if skipped:
+        print(f"not tuned (references keep their recipe): {', '.join(skipped)}", file=sys.stderr)
+    grids = {}
+    for dataset in args.datasets:
+        channels = load_dataset(dataset, args.data_root, args.image_size,
+                                download=not args.no_download).channels
+        for backbone in args.backbones:
+            for task in tuned:
+                base = _config(args, command, task=task, backbone=backbone, dataset=dataset,
+                               seed=args.seed)
+                grids[(dataset, backbone, task)] = grid(base, channels)
+    outcome = Sweep([c for configs in grids.values() for c in configs]).run()
+    entries: dict = {}
+    for (dataset, backbone, task), configs in grids.items():
+        entries.setdefault(tuning_key(dataset, backbone), {})[task] = choose(configs)
+    budget = {"train_subset": args.train_subset, "epochs": args.epochs,
+              "batch_size": args.batch_size, "eval_train_subset": args.eval_train_subset,
+              "seed": args.seed}
+    write_tuned(args.output, entries, budget, command)
+    print(f"wrote {args.output}")
     return 0 if not outcome.failed else 1
 
 
@@ -211,6 +272,8 @@ def _add_report_parser(sub) -> None:
                    help="run directories or folders of them (default: runs)")
     p.add_argument("-o", "--output", default="results", help="report folder (default: results)")
     p.add_argument("--title", default="ssl-bench report", help="the report's heading")
+    p.add_argument("--tuned", metavar="FILE",
+                   help="an `ssl-bench tune` file whose grid and choices the report prints")
     p.add_argument("--sweep-command", action="append", metavar="TEXT",
                    help="the command that made the runs, printed verbatim (repeatable)")
 
@@ -219,7 +282,7 @@ def _report(args: argparse.Namespace, _: list[str]) -> int:
     from ssl_bench.report import build_report
 
     readme = build_report(args.run_dirs or ["runs"], args.output, title=args.title,
-                          sweep_commands=args.sweep_command)
+                          sweep_commands=args.sweep_command, tuned=args.tuned)
     print(f"wrote {readme} (figures in {readme.parent / 'figures'})")
     return 0
 
@@ -231,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_sweep_parser(sub)
+    _add_tune_parser(sub)
     sub.add_parser("list", help="list tasks (with their options), backbones, datasets, evaluators")
     lb = sub.add_parser("leaderboard", help="collect finished runs into CSV + Markdown tables",
                         description="One row per configuration (mean, std, n, 95% CI over "
@@ -249,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     (0 success, 2 bad input or failed run, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    handlers = {"run": _run, "sweep": _sweep, "list": _list, "leaderboard": _leaderboard,
-                "report": _report}
+    handlers = {"run": _run, "sweep": _sweep, "tune": _tune, "list": _list,
+                "leaderboard": _leaderboard, "report": _report}
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:

@@ -13,7 +13,7 @@ from ssl_bench.core.errors import OptionError
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
-                "eval_batch_size", "step0"}
+                "eval_batch_size", "step0", "tuned"}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 
@@ -49,12 +49,14 @@ class RunConfig:
         backbone_options: ``--backbone-opt key=value`` backbone settings.
         optimizer, lr, weight_decay, warmup_epochs: override the task's optimizer
             defaults (every optimizer of the task; ``lr`` keeps their ratio).
+        lr_scale: multiplies every optimizer's learning rate (``ssl-bench tune``'s grid).
         evaluators: evaluator names run on frozen features.
         eval_batch_size: images per feature-extraction batch.
         pretext_eval_images: size of the fixed, seeded subset of test images used for
             held-out pretext metrics.
         download: let torchvision download a missing dataset.
         name: run directory name (default: derived, see :func:`run_name`).
+        tuned: the ``ssl-bench tune`` file whose settings this run took, if any.
         command: the command line that made the run.
     """
 
@@ -82,6 +84,7 @@ class RunConfig:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     optimizer: str | None = None
     lr: float | None = None
+    lr_scale: float = 1.0
     weight_decay: float | None = None
     warmup_epochs: float | None = None
     evaluators: list[str] = field(default_factory=lambda: ["knn", "linear"])
@@ -89,6 +92,7 @@ class RunConfig:
     pretext_eval_images: int = 2048
     download: bool = True
     name: str | None = None
+    tuned: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -100,6 +104,8 @@ class RunConfig:
                 raise OptionError(f"{option} must be at least {low}, got {value}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise OptionError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if not self.lr_scale > 0 or self.lr_scale == float("inf"):
+            raise OptionError(f"--lr-scale must be a positive number, got {self.lr_scale}")
         if self.resume and self.overwrite:
             raise OptionError("--resume and --overwrite exclude each other")
 

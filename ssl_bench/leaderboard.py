@@ -90,7 +90,8 @@ def run_row(record: dict, run: str) -> dict:
     metrics, pretext = _numbers(record.get("metrics")), _numbers(record.get("pretext"))
     row.update(metrics)
     row.update({f"pretext_{k}": v for k, v in pretext.items()})
-    row.update({f"pretext_{k}_chance": v for k, v in _numbers(record.get("pretext_chance")).items()})
+    chance = _numbers(record.get("pretext_chance"))
+    row.update({f"pretext_{k}_chance": v for k, v in chance.items()})
     for layer in record.get("layers") or []:
         row[f"layer_{layer.get('name')}_linear_top1"] = layer.get("linear_top1")
     row["layer_best"] = record.get("layer_best")

@@ -142,12 +142,35 @@ def _section(title: str, figures: list[tuple[str, str]], missing: str) -> list[s
     return lines + ([f"_Not drawn: {missing}_", ""] if not figures else [])
 
 
+def tuning_section(path: str | Path) -> str:
+    """The grid and the choices of an ``ssl-bench tune`` file, one table per
+    dataset/backbone: every grid point's validation top-1, the chosen one in bold."""
+    from ssl_bench.tune import load_tuned
+
+    lines = [f"Chosen by `ssl-bench tune` (`{path}`) on the linear probe's validation top-1 "
+             "(a split of the labelled train images), never on test.", ""]
+    for key, entry in load_tuned(path).items():
+        lines += [f"**{key}**, budget {entry.get('budget')}:", "", "```",
+                  entry.get("command", ""), "```", "",
+                  "| task | grid: lr scale, setting → validation top-1 (%) |", "| --- | --- |"]
+        for task, tuned in sorted(entry["tasks"].items()):
+            chosen = (tuned["lr_scale"], tuned["set"])
+            points = []
+            for g in tuned.get("grid", []):
+                text = f"×{g['lr_scale']:g} {g['set'] or 'default'} → {g['linear_val_top1']:.1f}"
+                points.append(f"**{text}**" if (g["lr_scale"], g["set"]) == chosen else text)
+            lines.append(f"| {task} | {'; '.join(points)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl-bench report",
-                 sweep_commands: list[str] | None = None) -> Path:
+                 sweep_commands: list[str] | None = None, tuned: str | Path | None = None) -> Path:
     """Write ``<out_dir>/README.md``, the leaderboard files
     (``leaderboard.csv``/``_runs.csv``/``.md``, see
     :func:`ssl_bench.leaderboard.write_leaderboard`) and ``<out_dir>/figures/*.png``
-    for the finished runs under ``paths``. ``sweep_commands`` are printed verbatim.
+    for the finished runs under ``paths``. ``sweep_commands`` are printed verbatim;
+    ``tuned`` adds the tuning grid and choices (:func:`tuning_section`).
 
     Returns:
         The README path.
@@ -183,6 +206,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl
              "## Budget", "",
              "Epochs and images seen are pretraining; pretrain / eval-train / test images "
              "are the split sizes used.", "", _budget(summary), "", _compute(per_run), "",
+             *(["## Tuning", "", tuning_section(tuned), ""] if tuned else []),
              "## Leaderboard", "", leaderboard_markdown(summary),
              "Files: [leaderboard.csv](leaderboard.csv) (per configuration: mean, std, n and "
              "95% CI of every metric), [leaderboard_runs.csv](leaderboard_runs.csv) (per run, "

@@ -51,10 +51,11 @@ def resolve_optims(task: PretextTask, config: RunConfig) -> list[OptimConfig]:
     """The task's default optimizers with the CLI overrides applied.
 
     ``--lr`` sets the first optimizer's LR and scales the others by the same factor,
-    so ratios a paper fixes (the context encoder's 10:1) survive.
+    so ratios a paper fixes (the context encoder's 10:1) survive; ``--lr-scale``
+    then multiplies them all.
     """
     optims = task.default_optim(config.batch_size)
-    scale = config.lr / optims[0].lr if config.lr is not None else 1.0
+    scale = (config.lr / optims[0].lr if config.lr is not None else 1.0) * config.lr_scale
     for o in optims:
         o.lr *= scale
         if config.optimizer is not None:

@@ -133,6 +133,9 @@ class PretextTask(nn.Module):
         backbone_family: ``"cnn"`` or ``"vit"`` when the task needs one.
         channels: the image channel counts the task accepts (``None``: any).
         min_image_size: the smallest image side in pixels the task accepts.
+        tune_knob: two settings of the task's most important option (``--set``
+            values; the first wins ties), crossed with the learning rate by
+            ``ssl-bench tune``.
 
     Args:
         make_backbone: builds backbones of the run's kind (see
@@ -154,6 +157,7 @@ class PretextTask(nn.Module):
     backbone_family: ClassVar[str | None] = None
     channels: ClassVar[tuple[int, ...] | None] = None
     min_image_size: ClassVar[int] = 8
+    tune_knob: ClassVar[tuple[dict, dict]] = ({}, {})
 
     def __init__(self, make_backbone: BackboneFactory, spec: DataSpec, options: Any) -> None:
         super().__init__()
@@ -267,6 +271,13 @@ class PretextTask(nn.Module):
             return {}
         loss, logs = self.loss(images)
         return {"loss": float(loss), **{k: float(v) for k, v in logs.items()}}
+
+    @classmethod
+    def tune_choices(cls, channels: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The two settings of the option that matters most for this task
+        (:attr:`tune_knob`; a task may make them depend on the data's ``channels``),
+        which ``ssl-bench tune`` crosses with learning rate × {¼, 1, 4}."""
+        return cls.tune_knob
 
     def pretext_chance(self) -> dict[str, float]:
         """The chance level of held-out metrics that have one, e.g. ``{"top1": 1.0}``

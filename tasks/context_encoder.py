@@ -12,8 +12,7 @@ from torch import nn
 from ssl_bench.core.errors import OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
-from tasks.base import (BackboneFactory, Logs, OptimConfig, PretextTask,
-                        check_choice, option)
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, check_choice, option
 from tasks.blocks import ConvDecoder, psnr_db
 
 MASKS = ("center", "random-block", "random-region")
@@ -133,6 +132,7 @@ class ContextEncoder(PretextTask):
     """
 
     paper = "Pathak et al., CVPR 2016, §3.1–3.3, §4"
+    tune_knob = ({}, {"mask": "center"})  # hole shape (§3.3, Table 1)
 
     @dataclass
     class Options:

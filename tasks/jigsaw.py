@@ -132,6 +132,7 @@ class Jigsaw(PretextTask):
     """
 
     paper = "Noroozi & Favaro, ECCV 2016, §3, §4.1"
+    tune_knob = ({}, {"num_permutations": 30})  # puzzle difficulty (Table 3 compares set sizes)
     backbone_family = "cnn"
 
     @dataclass

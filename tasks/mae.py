@@ -71,10 +71,10 @@ class MAE(PretextTask):
     (linear-probe feature: the class token after the final norm). The backbone's ViT is
     the encoder; its position embedding becomes the frozen sin-cos one, which evaluation
     then uses. Features: the backbone on the whole, unmasked, :meth:`normalize`-d image,
-    ``(N, D)``. Raises IncompatibleError: not one class token, or width not a multiple of 4.
-    """
+    ``(N, D)``. Raises IncompatibleError: not one class token, or width not a multiple of 4."""
 
     paper = "He et al., CVPR 2022, §3, §A.1"
+    tune_knob = ({}, {"mask_ratio": 0.5})  # mask ratio (§4.1, Fig. 5)
     backbone_family = "vit"
 
     @dataclass

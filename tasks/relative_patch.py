@@ -126,20 +126,20 @@ def pixelate(patches: torch.Tensor, prob: float, min_area: float) -> torch.Tenso
 class RelativePatch(PretextTask):
     """Context prediction (Doersch, Gupta & Efros, ICCV 2015, §3, §3.1, §3.2, §4).
 
-    Variant: each image gives its whole jittered 3×3 grid and the 8 (centre, neighbour k)
-    pairs, label k (Fig. 2), not every adjacent pair of the grid as in the released code;
-    the centre's embedding is shared by its 8 pairs (9 patch embeddings per image, not
-    16), and the trainer's images/s counts source images, each giving 8 pairs.
+    Variant: each image gives its jittered 3×3 grid and the 8 (centre, neighbour k) pairs,
+    label k (Fig. 2), not every adjacent pair as in the released code; the centre's
+    embedding serves its 8 pairs (9 embeddings per image); images/s counts source images.
     Shortcut guards (§3.1): gaps and jitter (:func:`patch_geometry`) stop edges and
     textures continuing across patches; colour dropping or projection removes chromatic
     aberration (it reveals a patch's place in the lens); some patches are pixelated; each
     is normalised alone. Late fusion (§3.2, Fig. 3): a shared fc6 maps each embedding to
     ``mlp_dim``; fc7–fc9 (paper: 4096, 4096, 8) on the concatenated pair predict the
     position; the MLP's batch norms have no scale or shift (§4). Features: the pooled
-    backbone on the whole image, normalised as patches are. ``backbone_family = "cnn"``: the
-    backbone, built at the patch size, also takes whole images (a ViT's fixed positions cannot)."""
+    backbone on the whole image, normalised as patches are. ``backbone_family = "cnn"``:
+    the backbone, built at the patch size, also takes whole images (a ViT cannot)."""
 
     paper = "Doersch, Gupta & Efros, ICCV 2015, §3–4"
+    tune_knob = ({}, {"color_handling": "project"})  # chromatic-aberration guard (§3.1)
     backbone_family = "cnn"
 
     @dataclass

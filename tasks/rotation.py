@@ -74,6 +74,7 @@ class Rotation(PretextTask):
     """
 
     paper = "Gidaris, Singh & Komodakis, ICLR 2018, §2.1–2.2, §3.1"
+    tune_knob = ({}, {"all_rotations": False})  # all four rotations or one per image
 
     @dataclass
     class Options:

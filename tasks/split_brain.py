@@ -98,6 +98,7 @@ class SplitBrain(PretextTask):
     """
 
     paper = "Zhang, Isola & Efros, CVPR 2017, §3–4"
+    tune_knob = ({}, {"soft_encoding": True})  # hard ab bins or soft encoding
     channels = (3,)
 
     @dataclass
