@@ -1,12 +1,16 @@
 """Building blocks that several pretext tasks share, one meaning per name: the
-convolutional decoder, PSNR, two per-sample standardisations and square crops.
-This module registers no task."""
+convolutional decoder (from a feature map or from a latent vector), PSNR, two
+per-sample standardisations and square crops. This module registers no task."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+DECODER_MIN_SIDE = 4  # side of a latent decoder's first feature map (DCGAN starts at 4×4)
 
 
 class ConvDecoder(nn.Module):
@@ -60,6 +64,41 @@ class ConvDecoder(nn.Module):
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
                               align_corners=False)
         return self.to_image(x)
+
+
+class LatentDecoder(nn.Module):
+    """Decodes a latent vector ``(N, latent_dim)`` to an image ``(N, out_channels,
+    image_size, image_size)`` (unbounded: logits or a regression target).
+
+    ``project``: a linear layer to a ``(c, s, s)`` map, BatchNorm and ReLU, with
+    s = ⌈image_size / 2^k⌉ ≥ :data:`DECODER_MIN_SIDE` after k = ⌊log2(image_size / 4)⌋
+    doublings and c = width·2^k channels (32 px: a 4×4 map, 28 px: 7×7, 96 px: 6×6);
+    then ``decoder``, a :class:`ConvDecoder` from that map to the image: the DCGAN
+    generator's layout (Radford et al. 2016, §3: a projected 4×4 map, then
+    up-convolutions). Built in that order (the random initialisation draws follow it).
+
+    Raises:
+        ValueError: if any size, channel count or width is not positive.
+    """
+
+    def __init__(self, latent_dim: int, out_channels: int, image_size: int,
+                 width: int = 32) -> None:
+        super().__init__()
+        if min(latent_dim, out_channels, image_size, width) < 1:
+            raise ValueError("LatentDecoder sizes, channels and width must be positive, got "
+                             f"{latent_dim=}, {out_channels=}, {image_size=}, {width=}")
+        doublings = max(0, int(math.log2(image_size / DECODER_MIN_SIDE)))
+        side = math.ceil(image_size / 2**doublings)
+        channels = width * 2**doublings
+        self.project = nn.Sequential(nn.Linear(latent_dim, channels * side * side),
+                                     nn.Unflatten(1, (channels, side, side)),
+                                     nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.decoder = ConvDecoder(channels, side, out_channels, image_size, width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``(N, latent_dim)`` → ``(N, out_channels, image_size, image_size)``."""
+        fmap = self.project(z)  # (N, c, s, s)
+        return self.decoder(fmap)  # (N, out_channels, H, W)
 
 
 def psnr_db(prediction: torch.Tensor, target: torch.Tensor,

@@ -13,14 +13,13 @@ from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
-from tasks.blocks import ConvDecoder
+from tasks.blocks import LatentDecoder
 
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")
 LEVELS = 256  # 8-bit images: the Gaussian likelihood is scored on 256 intensity levels
 # The variance of uniform dequantisation noise on one level, 1/(12·256²): a floor for
 # the decoder's variance, below which the dequantised data cannot support a density.
 LOGVAR_FLOOR = -math.log(12.0 * LEVELS**2)
-DECODER_MIN_SIDE = 4  # side of the decoder's first feature map (DCGAN starts at 4×4)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -81,9 +80,9 @@ class VAE(PretextTask):
       standardized image, then two linear heads for μ and log σ², ``(N, J)``.
     * Reparameterisation (§2.4, §3): z = μ + σ ⊙ ε, ε ~ N(0, I), one sample per
       image (L = 1, which §2.3 finds enough with minibatches of 100).
-    * Decoder p(x|z): a linear layer to a ``(c, s, s)`` map (s ≥ 4), then
-      up-convolutions (:class:`~tasks.blocks.ConvDecoder`) to the image, in place
-      of the paper's one-hidden-layer MLP, so that a convolutional backbone meets a
+    * Decoder p(x|z): :class:`~tasks.blocks.LatentDecoder`, a linear layer to a
+      ``(c, s, s)`` map (s ≥ 4), then up-convolutions to the image, in place of the
+      paper's one-hidden-layer MLP, so that a convolutional backbone meets a
       convolutional decoder.
     * Loss: the negative ELBO per image in nats, −log p(x|z) + β·KL(q(z|x) ‖ N(0, I)),
       the KL in closed form (§3 eq. 10, Appendix B). β = 1 is the ELBO; β ≠ 1 the
@@ -109,6 +108,7 @@ class VAE(PretextTask):
     """
 
     paper = "Kingma & Welling, ICLR 2014, §2.3–2.4, §3, Appendices B, C"
+    tune_knob = ({}, {"beta": 0.5})  # KL weight: the ELBO or β = 0.5
 
     @dataclass
     class Options:
@@ -137,16 +137,9 @@ class VAE(PretextTask):
         self.backbone = self.build_backbone(make_backbone)
         self.mu = nn.Linear(self.backbone.num_features, options.latent_dim)
         self.logvar = nn.Linear(self.backbone.num_features, options.latent_dim)
-        # decoder geometry: s = ⌈size / 2^k⌉ ≥ 4 with k doublings, c = width·2^k channels
-        size = spec.image_size
-        doublings = max(0, int(math.log2(size / DECODER_MIN_SIDE)))
-        side = math.ceil(size / 2**doublings)
-        channels = options.decoder_width * 2**doublings
         out_channels = spec.channels * (2 if self.likelihood == "gaussian" else 1)
-        self.project = nn.Sequential(nn.Linear(options.latent_dim, channels * side * side),
-                                     nn.Unflatten(1, (channels, side, side)),
-                                     nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.decoder = ConvDecoder(channels, side, out_channels, size, options.decoder_width)
+        self.decoder = LatentDecoder(options.latent_dim, out_channels, spec.image_size,
+                                     options.decoder_width)
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): μ and log σ², each ``(N, latent_dim)``, of images ``(N, C, H, W)`` in [0, 1]."""
@@ -157,7 +150,7 @@ class VAE(PretextTask):
         """p(x|z) of latents ``(N, latent_dim)``: Bernoulli logits and ``None``, or the
         Gaussian mean in (0, 1) and log σ² (soft floor ``LOGVAR_FLOOR``), float32;
         each ``(N, C, H, W)``."""
-        out = self.decoder(self.project(z))  # (N, c, s, s) → (N, C or 2C, H, W)
+        out = self.decoder(z)  # (N, C or 2C, H, W)
         if self.likelihood == "bernoulli":
             return out, None  # (N, C, H, W) logits
         mean, raw = out.float().chunk(2, dim=1)  # (N, C, H, W) each

@@ -32,7 +32,7 @@ def test_shapes_and_auto_likelihood(spec, likelihood, out_channels):
     assert mu.shape == logvar.shape == (4, 16)
     out, out_logvar = task.decode(mu)
     assert out.shape == (4, spec.channels, spec.image_size, spec.image_size)
-    assert task.decoder(task.project(mu)).shape[1] == out_channels
+    assert task.decoder(mu).shape[1] == out_channels
     assert (out_logvar is None) == (likelihood == "bernoulli")
     task.eval()
     assert task.features(images).shape == (4, 16)
@@ -79,7 +79,7 @@ def test_dequantization_stays_in_the_pixel_bin():
 def test_decoder_logvar_has_a_soft_floor():
     task = build_small_task("vae", RGB32, latent_dim=8)
     with torch.no_grad():
-        task.decoder.to_image.bias[3:] = -1e4  # drive the raw log-variance far down
+        task.decoder.decoder.to_image.bias[3:] = -1e4  # drive the raw log-variance far down
     _, logvar = task.decode(torch.randn(2, 8))
     assert torch.all(logvar >= LOGVAR_FLOOR) and torch.all(logvar < LOGVAR_FLOOR + 1e-3)
 
