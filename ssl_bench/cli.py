@@ -106,6 +106,13 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                    help="never download; fail if the dataset is not under --data-root")
 
 
+def _add_grid(p: argparse.ArgumentParser, tasks_help: str) -> None:
+    """The grid options that ``sweep`` and ``tune`` share."""
+    p.add_argument("--tasks", nargs="+", required=True, help=tasks_help)
+    p.add_argument("--backbones", nargs="+", default=[_default("backbone")])
+    p.add_argument("--datasets", nargs="+", default=[_default("dataset")])
+
+
 def _add_tune_parser(sub) -> None:
     p = sub.add_parser(
         "tune", help="choose each task's learning rate and main knob on validation",
@@ -114,9 +121,7 @@ def _add_tune_parser(sub) -> None:
                     "linear probe's validation top-1 on a split of the labelled train "
                     "images, never on test. Writes the choices to a YAML file that run and "
                     "sweep read with --tuned.")
-    p.add_argument("--tasks", nargs="+", required=True, help="pretext tasks to tune")
-    p.add_argument("--backbones", nargs="+", default=[_default("backbone")])
-    p.add_argument("--datasets", nargs="+", default=[_default("dataset")])
+    _add_grid(p, "pretext tasks to tune (references are skipped)")
     p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("-o", "--output", default="results/tuned.yaml",
                    help="tuned file to write or update (default: %(default)s)")
@@ -130,9 +135,7 @@ def _add_sweep_parser(sub) -> None:
                     "Finished runs are skipped, interrupted ones resumed from their checkpoint, "
                     "task/backbone pairs that cannot work together are reported and skipped, "
                     "and a failed run does not stop the sweep; a summary ends it.")
-    p.add_argument("--tasks", nargs="+", required=True, help="pretext tasks (and references)")
-    p.add_argument("--backbones", nargs="+", default=[_default("backbone")])
-    p.add_argument("--datasets", nargs="+", default=[_default("dataset")])
+    _add_grid(p, "pretext tasks (and references)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     _add_settings(p)
 
