@@ -222,6 +222,19 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if not outcome.failed else 1
 
 
+def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
+    from ssl_bench.core.rundir import atomic_write_json
+    from ssl_bench.runner import reevaluate
+
+    record = reevaluate(args.run_dir, args.bn_recalibrate)
+    record["command"] = " ".join(["ssl-bench", *map(shlex.quote, sys.argv[1:])])
+    atomic_write_json(args.output, record)
+    metrics = record["metrics"]
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                                               if "top1" in k and "val" not in k))
+    return 0
+
+
 def _print_results(results: dict) -> None:
     print(f"\n{results['task']} / {results['backbone']} / {results['dataset']} "
           f"(seed {results['seed']}, {results['epochs']} epochs, {results['images_seen']} images seen)")
@@ -308,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("-o", "--output", default="results/leaderboard.csv",
                     help="aggregated CSV (default: results/leaderboard.csv)")
     _add_report_parser(sub)
+    ev = sub.add_parser("evaluate", help="evaluate a finished run's trained task again",
+                        description="Re-run the evaluation of a finished run (its data, "
+                                    "protocol and trained weights) with other evaluation "
+                                    "settings; writes the record as JSON to OUTPUT.")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--bn-recalibrate", action="store_true",
+                    help="re-estimate BatchNorm statistics on clean, full-size train images")
+    ev.add_argument("-o", "--output", required=True, help="JSON file to write")
     return parser
 
 
@@ -317,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "sweep": _sweep, "tune": _tune, "list": _list,
-                "leaderboard": _leaderboard, "report": _report}
+                "leaderboard": _leaderboard, "report": _report, "evaluate": _evaluate}
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -10,17 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from eval.linear import LinearProbe
 from eval.protocol import Protocol, lowshot_sizes
 from ssl_bench.build import build_task
 from ssl_bench.config import RunConfig, config_id, run_name
-from ssl_bench.core.errors import OptionError, SslBenchError
+from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
 from ssl_bench.core.registry import EVALUATORS
-from ssl_bench.core.rundir import (CONFIG, METRICS, RESULTS, STEP0, atomic_torch_save,
-                                   atomic_write_json, atomic_write_yaml, read_json)
+from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
+                                   atomic_torch_save, atomic_write_json, atomic_write_yaml,
+                                   read_json)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
@@ -103,19 +106,9 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     if config.resume and (run_dir / RESULTS).exists():
         return read_json(run_dir / RESULTS)
     device = resolve_device(config.device)
-
-    data: ImageData = load_dataset(config.dataset, config.data_root, config.image_size,
-                                   download=config.download)
+    data, idx, protocol, eval_data = _prepare(config, evaluators)
     spec = data.spec()
-    train_idx = subset_indices(len(data.train_images), config.train_subset, config.seed)
-    # seed 0, not the run's: every run is scored against the same labelled images
-    eval_idx = balanced_subset_indices(data.train_labels, config.eval_train_subset, seed=0)
-    test_idx = balanced_subset_indices(data.test_labels, config.test_subset, seed=0,
-                                       option="--test-subset")
-    protocol = Protocol(
-        evaluators,
-        lowshot_sizes(config.lowshot, len(data.train_images), len(eval_idx), data.num_classes),
-        LinearProbe() if config.layer_probes else None)
+    train_idx, eval_idx, test_idx = idx
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
@@ -140,9 +133,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
                       TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
                       labels=data.train_labels[train_idx])
-    eval_data = EvalData(data.train_images[eval_idx], data.train_labels[eval_idx],
-                         data.test_images[test_idx], data.test_labels[test_idx],
-                         data.num_classes, data.test_images[_pretext_indices(data, config)])
     eval_settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
                                  config.bn_recalibrate)
 
@@ -185,6 +175,58 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     }
     atomic_write_json(run_dir / RESULTS, results)
     return results
+
+
+def _prepare(config: RunConfig, evaluators: dict) -> tuple[ImageData, tuple[torch.Tensor, ...],
+                                                           Protocol, EvalData]:
+    """The data of a run: the dataset, the pretraining / labelled / test indices, the
+    evaluation protocol and what every evaluation sees."""
+    data: ImageData = load_dataset(config.dataset, config.data_root, config.image_size,
+                                   download=config.download)
+    train_idx = subset_indices(len(data.train_images), config.train_subset, config.seed)
+    # seed 0, not the run's: every run is scored against the same labelled images
+    eval_idx = balanced_subset_indices(data.train_labels, config.eval_train_subset, seed=0)
+    test_idx = balanced_subset_indices(data.test_labels, config.test_subset, seed=0,
+                                       option="--test-subset")
+    protocol = Protocol(
+        evaluators,
+        lowshot_sizes(config.lowshot, len(data.train_images), len(eval_idx), data.num_classes),
+        LinearProbe() if config.layer_probes else None)
+    eval_data = EvalData(data.train_images[eval_idx], data.train_labels[eval_idx],
+                         data.test_images[test_idx], data.test_labels[test_idx],
+                         data.num_classes, data.test_images[_pretext_indices(data, config)])
+    return data, (train_idx, eval_idx, test_idx), protocol, eval_data
+
+
+def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
+    """Evaluate a finished run's trained task again, with the run's own data and
+    protocol but BatchNorm re-estimation switched as asked (``ssl-bench evaluate``).
+
+    Returns:
+        The evaluation record (see :func:`ssl_bench.evaluate.evaluate_frozen`).
+
+    Raises:
+        DataError: if ``run_dir`` has no ``config.yaml`` or no finished training.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS).exists():
+        raise DataError(f"{run_dir} is not a finished run (no {RESULTS})")
+    stored = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    config = RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig)
+                          if f.name in stored})
+    device = resolve_device(config.device)
+    evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
+    data, _, protocol, eval_data = _prepare(config, evaluators)
+    torch.manual_seed(config.seed)
+    task = build_task(config.task, config.backbone, data.spec(), config.task_options,
+                      config.backbone_options).to(device)
+    if (run_dir / CHECKPOINT).exists():
+        state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
+        task.load_state_dict(state["task"])
+    settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
+                            bn_recalibrate)
+    record, _ = evaluate_frozen(task, eval_data, protocol, settings, config.seed, device)
+    return record
 
 
 def _pretext_indices(data: ImageData, config: RunConfig) -> torch.Tensor:

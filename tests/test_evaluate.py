@@ -33,3 +33,26 @@ def test_recalibration_is_a_no_op_without_batchnorm():
     reference = task.features(x)
     with recalibrated_batchnorm(task, images, batch_size=2, device=torch.device("cpu")):
         torch.testing.assert_close(task.features(x), reference)
+
+
+def test_reevaluating_a_run_reproduces_its_metrics(tmp_path, monkeypatch):
+    """``ssl-bench evaluate`` rebuilds the run's data, protocol and trained task: with
+    the run's own settings it gives the run's own numbers."""
+    import json
+
+    from ssl_bench.cli import main
+
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs"
+    assert main(["run", "--task", "denoising", "--epochs", "1", "--train-subset", "64",
+                 "--batch-size", "32", "--evaluators", "knn", "--lowshot", "--no-layer-probes",
+                 "--no-step0", "--test-subset", "100", "--out", str(out)]) == 0
+    (run_dir,) = out.iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert main(["evaluate", str(run_dir), "-o", str(tmp_path / "same.json")]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert same["metrics"] == results["metrics"] and same["pretext"] == results["pretext"]
+    bn = tmp_path / "bn.json"
+    assert main(["evaluate", str(run_dir), "--bn-recalibrate", "-o", str(bn)]) == 0
+    assert json.loads(bn.read_text())["metrics"].keys() == same["metrics"].keys()
+    assert main(["evaluate", str(tmp_path), "-o", str(tmp_path / "x.json")]) == 2
