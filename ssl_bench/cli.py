@@ -237,7 +237,8 @@ def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
 
 def _print_results(results: dict) -> None:
     print(f"\n{results['task']} / {results['backbone']} / {results['dataset']} "
-          f"(seed {results['seed']}, {results['epochs']} epochs, {results['images_seen']} images seen)")
+          f"(seed {results['seed']}, {results['epochs']} epochs, "
+          f"{results['images_seen']} images seen)")
     for section in ("pretext", "metrics"):
         for key, value in results[section].items():
             print(f"  {key:24s} {value:10.4g}" if isinstance(value, float) else
