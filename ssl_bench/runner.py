@@ -222,7 +222,11 @@ def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
                       config.backbone_options).to(device)
     if (run_dir / CHECKPOINT).exists():
         state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
-        task.load_state_dict(state["task"])
+        try:
+            task.load_state_dict(state["task"])
+        except (RuntimeError, KeyError) as exc:
+            raise DataError(f"{run_dir / CHECKPOINT} does not fit task {config.task!r} as this "
+                            f"version builds it ({exc.__class__.__name__})") from None
     settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
                             bn_recalibrate)
     record, _ = evaluate_frozen(task, eval_data, protocol, settings, config.seed, device)

@@ -70,6 +70,16 @@ def dequantize(images: torch.Tensor) -> torch.Tensor:
     return (levels + noise) / LEVELS
 
 
+def _rename_legacy_decoder_keys(state_dict: dict, prefix: str, *_) -> None:
+    """Checkpoints written before the decoder became :class:`LatentDecoder` hold
+    ``project.*`` and ``decoder.*``; they load as ``decoder.project.*`` and
+    ``decoder.decoder.*``, so those runs still resume and re-evaluate."""
+    if not any(key.startswith(prefix + "project.") for key in state_dict):
+        return
+    for key in [k for k in state_dict if k.startswith((prefix + "project.", prefix + "decoder."))]:
+        state_dict[prefix + "decoder." + key[len(prefix):]] = state_dict.pop(key)
+
+
 @TASKS.register("vae")
 class VAE(PretextTask):
     """Variational autoencoder trained by the SGVB estimator of the ELBO.
@@ -140,6 +150,7 @@ class VAE(PretextTask):
         out_channels = spec.channels * (2 if self.likelihood == "gaussian" else 1)
         self.decoder = LatentDecoder(options.latent_dim, out_channels, spec.image_size,
                                      options.decoder_width)
+        self._register_load_state_dict_pre_hook(_rename_legacy_decoder_keys)
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): μ and log σ², each ``(N, latent_dim)``, of images ``(N, C, H, W)`` in [0, 1]."""

@@ -141,3 +141,19 @@ def test_bits_per_dim_relation_and_deterministic_metrics(spec):
 def test_bad_options_raise(key, value):
     with pytest.raises(OptionError):
         build_small_task("vae", RGB32, **{key: value})
+
+
+def test_checkpoints_from_before_the_shared_decoder_still_load():
+    """Runs saved with the decoder as ``project`` + ``decoder`` resume and re-evaluate."""
+    task = build_small_task("vae", RGB32)
+    legacy = {}
+    for key, value in task.state_dict().items():
+        if key.startswith("decoder.project."):
+            key = key[len("decoder."):]
+        elif key.startswith("decoder.decoder."):
+            key = key[len("decoder."):]
+        legacy[key] = value.clone() + 1.0 if value.is_floating_point() else value.clone()
+    clone = build_small_task("vae", RGB32)
+    clone.load_state_dict(legacy)
+    torch.testing.assert_close(clone.decoder.project[0].weight,
+                               task.decoder.project[0].weight + 1.0)
