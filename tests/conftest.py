@@ -39,3 +39,12 @@ def build_small_task(task: str, spec: DataSpec, **task_options):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def smooth_images(n: int, spec: DataSpec, seed: int = 0) -> torch.Tensor:
+    """Natural-ish images ``(n, C, S, S)`` in [0, 1]: upsampled 4×4 noise (no
+    rotational symmetry, smooth enough for a decoder to learn quickly)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, spec.channels, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=spec.image_size, mode="bilinear",
+                                           align_corners=False)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import smooth_images
 from ssl_bench.build import build_task
 from ssl_bench.core.errors import OptionError
 from ssl_bench.core.spec import DataSpec
@@ -20,12 +21,6 @@ GRAY28 = DataSpec("test", channels=1, image_size=28, mean=(0.5,), std=(0.25,), h
 def make_task(spec=RGB32, **options):
     return build_task("denoising", "convnet", spec, options, {"width": 8})
 
-
-def smooth_images(n, spec, seed=0):
-    """Natural-ish images: upsampled 4×4 noise, in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, spec.channels, 4, 4, generator=g)
-    return F.interpolate(coarse, size=spec.image_size, mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("spec", [RGB32, GRAY28], ids=["rgb32", "gray28"])

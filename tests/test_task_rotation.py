@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import GRAY28, RGB32
+from conftest import GRAY28, RGB32, smooth_images
 from ssl_bench.build import build_task
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.spec import DataSpec
@@ -16,12 +15,6 @@ RGB16 = DataSpec("test", channels=3, image_size=16, mean=(0.5,) * 3, std=(0.25,)
 def make_task(spec=RGB32, **options):
     return build_task("rotation", "convnet", spec, options, {"width": 8})
 
-
-def smooth_images(n, spec, seed=0):
-    """Natural-ish images: upsampled 4×4 noise, in [0, 1] (no rotational symmetry)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, spec.channels, 4, 4, generator=g)
-    return F.interpolate(coarse, size=spec.image_size, mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("spec", [RGB32, GRAY28], ids=["rgb32", "gray28"])
