@@ -8,7 +8,8 @@ from backbones import Backbone, build_backbone
 from ssl_bench.core.errors import IncompatibleError
 from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
-from tasks.base import PretextTask, options_from_strings
+from tasks.base import PretextTask
+from tasks.options import options_from_strings
 
 
 class BackboneFactory:

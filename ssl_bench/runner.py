@@ -29,8 +29,8 @@ from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
 from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
-from tasks.base import (OptimConfig, PretextTask, count_parameters, held_out_rng,
-                        options_to_dict)
+from tasks.base import OptimConfig, PretextTask, count_parameters, held_out_rng
+from tasks.options import options_to_dict
 
 #: Test images whose features are kept for the report's 2-D projection.
 FEATURE_SAMPLE = 1000

@@ -12,7 +12,8 @@ from torch import nn
 from ssl_bench.core.errors import OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, check_choice, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import check_choice, option
 from tasks.blocks import ConvDecoder, psnr_db
 
 MASKS = ("center", "random-block", "random-region")
@@ -128,8 +129,7 @@ class ContextEncoder(PretextTask):
       the ``center`` hole: around random regions the border would put most of the
       loss weight on pixels the encoder sees (89 % at 32 px).
 
-    Features: the pooled backbone output on standardized, unmasked images ``(N, D)``.
-    """
+    Features: the pooled backbone output on standardized, unmasked images ``(N, D)``."""
 
     paper = "Pathak et al., CVPR 2016, §3.1–3.3, §4"
     tune_knob = ({}, {"mask": "center"})  # hole shape (§3.3, Table 1)

@@ -10,7 +10,8 @@ import torch
 
 from ssl_bench.core.registry import TASKS
 from tasks.autoencoder import Autoencoder
-from tasks.base import Logs, check_choice, option
+from tasks.base import Logs
+from tasks.options import check_choice, option
 
 JACOBIANS = ("auto", "exact", "projection")
 # ``auto`` computes the Jacobian exactly up to this many code units (one backward pass

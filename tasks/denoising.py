@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, check_choice, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import check_choice, option
 from tasks.blocks import ConvDecoder, psnr_db
 
 NOISES = ("gaussian", "masking", "salt-and-pepper")

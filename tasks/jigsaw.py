@@ -20,7 +20,8 @@ from torchvision.transforms.functional import rgb_to_grayscale
 
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, check_range, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import check_range, option
 from tasks.blocks import crop_squares, standardize
 
 GRID = 3

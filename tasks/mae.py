@@ -15,7 +15,8 @@ from torch import nn
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import option
 from tasks.blocks import psnr_db
 
 NORM_PIX_EPS = 1e-6  # added to each patch's variance before dividing (MAE's official code)
@@ -91,8 +92,7 @@ class MAE(PretextTask):
                 keeps the decoder "lightweight", ~15 % of the encoder's parameters.
             decoder_heads: 4 keeps the paper's 32 channels per head.
             norm_pix_loss: target each patch normalised by its own pixel mean and std
-                (§3 "Reconstruction target"; Table 1c: better than raw pixels).
-        """
+                (§3 "Reconstruction target"; Table 1c: better than raw pixels)."""
 
         mask_ratio: float = option(0.75, low=0, high=1, strict=True)
         decoder_depth: int = option(4, low=1, high=64)

@@ -1,5 +1,4 @@
-"""``relative-patch``: context prediction (Doersch, Gupta & Efros, ICCV 2015): from a
-centre patch and each of its 8 neighbours in a 3×3 grid, predict where the neighbour lies."""
+"""``relative-patch``: predict where each of a centre patch's 8 neighbours lies (ICCV 2015)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ from torch import nn
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import option
 from tasks.blocks import center_channels, crop_squares
 
 # (row, column) offset of each neighbour from the centre patch, by label (paper's Fig. 2).

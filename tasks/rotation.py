@@ -12,7 +12,8 @@ from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import option
 
 ANGLES = (0, 90, 180, 270)  # the rotations that torch.rot90 makes exactly (no resampling)
 PAPER_BATCH = 128  # source images per step of the paper's CIFAR-10 training (§3.1)

@@ -9,7 +9,8 @@ import torch
 
 from ssl_bench.core.registry import TASKS
 from tasks.autoencoder import Autoencoder
-from tasks.base import Logs, option
+from tasks.base import Logs
+from tasks.options import option
 
 PENALTIES = ("l1", "kl")
 # A unit is "near zero" in an image when |h_j| ≤ 0.1·max_k |h_k| of that image: 20 dB

@@ -13,7 +13,8 @@ from backbones.base import Backbone
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import option
 from tasks.color import (ZHANG_GRID, in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l,
                          rebalance_weights, rgb_to_lab, soft_encode_ab, zhang_ab_bins)
 
@@ -94,8 +95,7 @@ class SplitBrain(PretextTask):
 
     Raises IncompatibleError on grayscale data (no colour to split off), OptionError
     for ``ab_grid`` ≠ 10 with the 313 bins. Features: both halves' pooled features
-    concatenated, ``(N, D_L + D_ab)``.
-    """
+    concatenated, ``(N, D_L + D_ab)``."""
 
     paper = "Zhang, Isola & Efros, CVPR 2017, §3–4"
     tune_knob = ({}, {"soft_encoding": True})  # hard ab bins or soft encoding

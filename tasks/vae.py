@@ -12,7 +12,8 @@ from torch import nn
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
-from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask, option
+from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
+from tasks.options import option
 from tasks.blocks import LatentDecoder
 
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")

@@ -12,7 +12,8 @@ from ssl_bench.build import build_task
 from ssl_bench.core.errors import IncompatibleError, SslBenchError
 from ssl_bench.core.registry import TASKS
 from ssl_bench.train import TrainConfig, Trainer
-from tasks.base import NoOptions, count_parameters
+from tasks.base import count_parameters
+from tasks.options import NoOptions
 
 REFERENCES = ["pixels", "random-init", "supervised"]
 
