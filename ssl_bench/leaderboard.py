@@ -72,18 +72,22 @@ def _gains(final: dict[str, float], step0: dict[str, float], prefix: str = "") -
     return out
 
 
+def record_config_id(record: dict, run: str) -> str:
+    """A run's recorded ``config_id``; a run written before it existed (named ``run``)
+    is a configuration of its own."""
+    return record.get("config_id") or f"run:{run}"
+
+
 def run_row(record: dict, run: str) -> dict:
     """One leaderboard row from a parsed ``results.json``: :data:`IDENTITY`,
     :data:`SETTINGS`, then every recorded metric — ``metrics``, ``pretext_<key>``
     (with ``pretext_<key>_chance`` where the task has a chance level),
     ``layer_<name>_linear_top1``, ``layer_best`` — then ``step0_<metric>`` and
-    ``gain_<metric>`` (the gain over the run's own step-0 reference) and the cost.
-    A run without a ``config_id`` (written before it existed) is a configuration of
-    its own."""
+    ``gain_<metric>`` (the gain over the run's own step-0 reference) and the cost."""
     cost = record.get("cost") or {}
     row = {"task": record.get("task"), "backbone": record.get("backbone"),
            "dataset": record.get("dataset"), "seed": record.get("seed"),
-           "config_id": record.get("config_id") or f"run:{run}",
+           "config_id": record_config_id(record, run),
            "reference": bool(record.get("reference", False))}
     row.update({k: record.get(k) for k in SETTINGS})
     row.update({k: cost.get(k) for k in COST_SETTINGS})

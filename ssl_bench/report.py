@@ -15,7 +15,8 @@ from ssl_bench import report_figures as rf
 from ssl_bench.core.errors import DataError
 from ssl_bench.core.figures import save_figure
 from ssl_bench.core.rundir import atomic_path, atomic_write_text, read_json
-from ssl_bench.leaderboard import find_results, leaderboard_markdown, write_leaderboard
+from ssl_bench.leaderboard import (find_results, leaderboard_markdown, record_config_id,
+                                   write_leaderboard)
 
 BUDGET = ["epochs", "images_seen", "pretrain_images", "eval_train_images", "test_images"]
 
@@ -29,16 +30,11 @@ def load_runs(paths: list[str | Path]) -> list[tuple[Path, dict]]:
     return [(p.parent, read_json(p)) for p in find_results(paths)]
 
 
-def _config_id(run: Path, record: dict) -> str:
-    """The recorded configuration id; a run from before ``config_id`` is its own."""
-    return record.get("config_id") or f"run:{run.name}"
-
-
 def first_seeds(runs: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
     """One run per configuration (``config_id``): the lowest seed (then the first name)."""
     chosen: dict[str, tuple[Path, dict]] = {}
     for run, record in sorted(runs, key=lambda r: (r[1].get("seed") or 0, r[0].name)):
-        chosen.setdefault(_config_id(run, record), (run, record))
+        chosen.setdefault(record_config_id(record, run.name), (run, record))
     return list(chosen.values())
 
 
@@ -46,8 +42,8 @@ def layer_frame(runs: list[tuple[Path, dict]]) -> pd.DataFrame:
     """One row per (run, probed layer) from results.json ``layers``: dataset, task,
     backbone, config_id, seed, layer (name), index (1 = shallowest), linear_top1 (%)."""
     rows = [{"dataset": r.get("dataset"), "task": r.get("task"), "backbone": r.get("backbone"),
-             "config_id": _config_id(run, r), "seed": r.get("seed"), "layer": layer.get("name"),
-             "index": i, "linear_top1": layer.get("linear_top1")}
+             "config_id": record_config_id(r, run.name), "seed": r.get("seed"),
+             "layer": layer.get("name"), "index": i, "linear_top1": layer.get("linear_top1")}
             for run, r in runs for i, layer in enumerate(r.get("layers") or [], start=1)]
     return pd.DataFrame(rows, columns=["dataset", "task", "backbone", "config_id", "seed",
                                        "layer", "index", "linear_top1"])
@@ -65,8 +61,9 @@ def _task_pictures(runs, figures: Path) -> list[tuple[str, str]]:
         name = (record.get("figures") or {}).get("task", f"{record.get('task')}.png")
         if not name or not (run / name).is_file():
             continue
-        target = figures / f"task_{_slug(record['task'])}_{_slug(record['backbone'])}_" \
-                           f"{_slug(record['dataset'])}_{_slug(_config_id(run, record))}.png"
+        parts = (record["task"], record["backbone"], record["dataset"],
+                 record_config_id(record, run.name))
+        target = figures / f"task_{'_'.join(map(_slug, parts))}.png"
         with atomic_path(target) as tmp:
             shutil.copyfile(run / name, tmp)
         out.append((target.name, f"{rf.label(record['task'], record['backbone'])} on "

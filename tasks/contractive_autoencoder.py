@@ -88,9 +88,9 @@ class ContractiveAutoencoder(Autoencoder):
       noise it removes (the default code of 32 would cost 32).
 
     Cost per step: one more encoder forward, the k (or K) backward passes with
-    ``create_graph``, and their double backward in ``loss.backward()``. Measured
-    (``convnet``, 64 RGB 32 px images, CPU): a projection step ≈ 2.5 plain
-    autoencoder steps, an exact one with K = 8 ≈ 8.5, with K = 32 ≈ 17.5.
+    ``create_graph``, and their double backward in ``loss.backward()``; the
+    throughput benchmark (``python -m pytest tests/benchmarks -k autoencoder
+    --benchmark-enable``) measures it beside the plain autoencoder's step.
 
     Shrinking the whole code shrinks ‖J‖²_F too, and the decoder's BatchNorm undoes
     such a shrinking (see :class:`~tasks.autoencoder.Autoencoder`), so the logs add
@@ -114,9 +114,8 @@ class ContractiveAutoencoder(Autoencoder):
 
         Attributes:
             weight: λ, the weight of ‖J_f(x)‖²_F per image. The paper picks λ by
-                validation; 10 puts the penalty at about a third of the reconstruction
-                loss of an unpenalised autoencoder (MNIST, 300 steps: ‖J‖²_F ≈ 2.5,
-                75 nats), where λ = 100 cut ‖J‖²_F 33-fold for 25 % more loss.
+                validation; ``ssl-bench tune`` compares the default 10 with 1
+                (:attr:`tune_knob`).
             jacobian: ``auto``, ``exact`` or ``projection`` (see the class).
             projections: k, random directions per image for ``projection``.
         """

@@ -77,9 +77,9 @@ class VQVAE(PretextTask):
     running statistics; never in held-out metrics or pictures), after quantising: the
     EMA counts N_k (kept in both modes), then :meth:`restart_dead_codes`. Dead codes
     are not in the paper: an embedding that no z_e picks gets no codebook gradient (nor
-    EMA update) and stays behind while the encoder moves; in a 300-step CIFAR-10 trial
-    (convnet width 16, batch 64) only ~20 of 512 codes stayed in use, 510 with restarts,
-    at a 1 dB better held-out PSNR. A code whose N_k falls below ``restart_below``
+    EMA update) and stays behind while the encoder moves, so without restarts short
+    runs keep few codes in use (the logged ``perplexity`` shows how many). A code whose
+    N_k falls below ``restart_below``
     moves to a random z_e of the batch (the random restarts of Dhariwal et al.,
     Jukebox, 2020), to be used from the next batch on (no code is fitted to the batch
     it quantises). After the first training step nearly all codes restart (N_k =
