@@ -13,7 +13,7 @@ from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import option
-from tasks.blocks import LatentDecoder, psnr_db
+from tasks.blocks import LatentDecoder, decoded_image, psnr_db
 
 LOSSES = ("auto", "bce", "mse")
 
@@ -116,15 +116,9 @@ class Autoencoder(PretextTask):
         pooled = self.backbone(self.normalize(images))  # (N, D)
         return self.activate(self.bottleneck(pooled))  # (N, K)
 
-    def as_image(self, out: torch.Tensor) -> torch.Tensor:
-        """Decoder output → reconstruction ``(N, C, H, W)`` float32 in [0, 1]: sigmoid
-        of the logits for ``bce``, clamped for ``mse``."""
-        out = out.float()
-        return out.sigmoid() if self.loss_kind == "bce" else out.clamp(0.0, 1.0)
-
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """g(f(x)) as images ``(N, C, H, W)`` in [0, 1]."""
-        return self.as_image(self.decoder(self.encode(images)))
+        return decoded_image(self.decoder(self.encode(images)), self.loss_kind)
 
     def penalty(self, images: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """The regulariser Ω added to the reconstruction loss, a scalar, and its logs,
@@ -141,7 +135,8 @@ class Autoencoder(PretextTask):
         penalty, logs = self.penalty(images, code)  # scalar, dict
         with torch.no_grad():
             logs = {"recon_loss": recon.detach(),
-                    "psnr_db": psnr_db(self.as_image(out), images).mean(), **logs}
+                    "psnr_db": psnr_db(decoded_image(out, self.loss_kind), images).mean(),
+                    **logs}
         return recon + penalty, logs
 
     @torch.no_grad()

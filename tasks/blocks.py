@@ -101,6 +101,14 @@ class LatentDecoder(nn.Module):
         return self.decoder(fmap)  # (N, out_channels, H, W)
 
 
+def decoded_image(out: torch.Tensor, loss: str) -> torch.Tensor:
+    """A decoder's output ``(N, C, H, W)`` as an image float32 in [0, 1]: the sigmoid of
+    logits trained with binary cross-entropy (``loss="bce"``), else (``"mse"``) the
+    regression output clamped to [0, 1]."""
+    out = out.float()
+    return out.sigmoid() if loss == "bce" else out.clamp(0.0, 1.0)
+
+
 def psnr_db(prediction: torch.Tensor, target: torch.Tensor,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Peak signal-to-noise ratio of each sample, 10·log10(1 / MSE), in dB, for

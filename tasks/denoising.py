@@ -12,7 +12,7 @@ from ssl_bench.core.registry import TASKS
 from ssl_bench.core.spec import DataSpec
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import check_choice, option
-from tasks.blocks import ConvDecoder, psnr_db
+from tasks.blocks import ConvDecoder, decoded_image, psnr_db
 
 NOISES = ("gaussian", "masking", "salt-and-pepper")
 LOSSES = ("mse", "bce")
@@ -135,15 +135,9 @@ class Denoising(PretextTask):
         fmap = self.backbone.feature_map(self.normalize(corrupted))  # (N, C', h, w)
         return self.decoder(fmap)  # (N, C, H, W)
 
-    def as_image(self, out: torch.Tensor) -> torch.Tensor:
-        """Decoder output → reconstruction ``(N, C, H, W)`` float32 in [0, 1]:
-        sigmoid of the logits for ``bce``, clamped for ``mse``."""
-        out = out.float()
-        return out.sigmoid() if self.options.loss == "bce" else out.clamp(0.0, 1.0)
-
     def reconstruct(self, corrupted: torch.Tensor) -> torch.Tensor:
         """The reconstruction of x̃ as an image ``(N, C, H, W)`` in [0, 1]."""
-        return self.as_image(self.decode(corrupted))
+        return decoded_image(self.decode(corrupted), self.options.loss)
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """Reconstruction loss of clean ``images`` ``(N, C, H, W)`` in [0, 1] from
@@ -155,7 +149,8 @@ class Denoising(PretextTask):
         else:
             loss = F.mse_loss(out, images)  # scalar
         with torch.no_grad():
-            logs = {"psnr_db": psnr_db(self.as_image(out), images).mean(),  # scalar
+            reconstruction = decoded_image(out, self.options.loss)  # (N, C, H, W)
+            logs = {"psnr_db": psnr_db(reconstruction, images).mean(),  # scalar
                     "input_psnr_db": psnr_db(corrupted, images).mean()}  # scalar
         return loss, logs
 
