@@ -189,15 +189,14 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _tune(args: argparse.Namespace, argv: list[str]) -> int:
-    from ssl_bench.core.registry import TASKS
     from ssl_bench.datasets import load_dataset
     from ssl_bench.sweep import Sweep
-    from ssl_bench.tune import choose, grid, tuning_key, write_tuned
+    from ssl_bench.tune import choose, grid, is_tuned, tuning_key, write_tuned
 
     if args.tuned:
         raise OptionError("ssl-bench tune writes a tuned file; it does not read --tuned")
     command = " ".join(["ssl-bench", *map(shlex.quote, argv)])
-    tuned = [t for t in args.tasks if TASKS.get(t).pretrains and not TASKS.get(t).uses_labels]
+    tuned = [t for t in args.tasks if is_tuned(t)]
     skipped = sorted(set(args.tasks) - set(tuned))
     if skipped:
         print(f"not tuned (references keep their recipe): {', '.join(skipped)}", file=sys.stderr)

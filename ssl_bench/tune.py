@@ -29,6 +29,13 @@ from ssl_bench.core.rundir import RESULTS, atomic_write_text, read_json
 LR_SCALES = (0.25, 1.0, 4.0)
 
 
+def is_tuned(task: str) -> bool:
+    """Whether ``tune`` tunes a task: pretext tasks yes; references (untrained, or
+    trained with labels) keep their recipe."""
+    cls = TASKS.get(task)
+    return cls.pretrains and not cls.uses_labels
+
+
 def tuning_key(dataset: str, backbone: str) -> str:
     """The entry of a tuned file that a run on ``dataset`` with ``backbone`` reads."""
     return f"{dataset}/{backbone}"
@@ -109,7 +116,7 @@ def apply_tuned(config: RunConfig, path: str | Path) -> RunConfig:
     Raises:
         OptionError: a pretraining task without an entry for its dataset and backbone.
     """
-    if not TASKS.get(config.task).pretrains or TASKS.get(config.task).uses_labels:
+    if not is_tuned(config.task):
         return config
     key = tuning_key(config.dataset, config.backbone)
     tuned = load_tuned(path).get(key, {}).get("tasks", {}).get(config.task)

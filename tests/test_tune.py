@@ -10,9 +10,9 @@ import ssl_bench.runner
 from ssl_bench.cli import main
 from ssl_bench.config import RunConfig
 from ssl_bench.core.registry import TASKS
-from ssl_bench.tune import LR_SCALES, apply_tuned, grid
+from ssl_bench.tune import LR_SCALES, apply_tuned, grid, is_tuned
 
-TUNED_TASKS = [n for n in TASKS.names() if TASKS.get(n).pretrains and not TASKS.get(n).uses_labels]
+TUNED_TASKS = [n for n in TASKS.names() if is_tuned(n)]
 TINY = ["--epochs", "1", "--train-subset", "64", "--batch-size", "32",
         "--eval-train-subset", "300", "--test-subset", "100"]
 
