@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from ssl_bench.config import RunConfig
 from ssl_bench.core.errors import Interrupted, OptionError, SslBenchError
@@ -188,6 +190,16 @@ def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if not outcome.failed else 1
 
 
+@contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """Turn a failure to write the ``-o`` file (a folder in the way, no permission)
+    into one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise OptionError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
+
+
 def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     from ssl_bench.datasets import load_dataset
     from ssl_bench.sweep import Sweep
@@ -216,7 +228,8 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     budget = {"train_subset": args.train_subset, "epochs": args.epochs,
               "batch_size": args.batch_size, "eval_train_subset": args.eval_train_subset,
               "seed": args.seed}
-    write_tuned(args.output, entries, budget, command)
+    with _writing(args.output):
+        write_tuned(args.output, entries, budget, command)
     print(f"wrote {args.output}")
     return 0 if not outcome.failed else 1
 
@@ -227,7 +240,8 @@ def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
 
     record = reevaluate(args.run_dir, args.bn_recalibrate)
     record["command"] = " ".join(["ssl-bench", *map(shlex.quote, sys.argv[1:])])
-    atomic_write_json(args.output, record)
+    with _writing(args.output):
+        atomic_write_json(args.output, record)
     metrics = record["metrics"]
     print(f"wrote {args.output}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                                if "top1" in k and "val" not in k))

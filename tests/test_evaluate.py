@@ -56,3 +56,19 @@ def test_reevaluating_a_run_reproduces_its_metrics(tmp_path, monkeypatch):
     assert main(["evaluate", str(run_dir), "--bn-recalibrate", "-o", str(bn)]) == 0
     assert json.loads(bn.read_text())["metrics"].keys() == same["metrics"].keys()
     assert main(["evaluate", str(tmp_path), "-o", str(tmp_path / "x.json")]) == 2
+
+
+
+def test_an_unwritable_output_file_is_one_line_naming_it(tmp_path):
+    import pytest
+
+    from ssl_bench.cli import _writing
+    from ssl_bench.core.errors import OptionError
+    from ssl_bench.core.rundir import atomic_write_json
+
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / "out.json"  # a file stands where a folder should
+    with pytest.raises(OptionError, match=f"-o {target}: cannot write it"):
+        with _writing(str(target)):
+            atomic_write_json(target, {})
+    assert (tmp_path / "file").read_text() == "x"
