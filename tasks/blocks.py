@@ -13,6 +13,12 @@ from torch import nn
 DECODER_MIN_SIDE = 4  # side of a latent decoder's first feature map (DCGAN starts at 4×4)
 
 
+def normalization(channels: int, norm: bool) -> list[nn.Module]:
+    """``[BatchNorm2d(channels)]`` when ``norm``, else ``[]``: the optional layer of the
+    decoders' stages."""
+    return [nn.BatchNorm2d(channels)] if norm else []
+
+
 class ConvDecoder(nn.Module):
     """Upsamples a feature map ``(N, in_channels, in_size, in_size)`` to an image
     ``(N, out_channels, out_size, out_size)``.
@@ -32,13 +38,16 @@ class ConvDecoder(nn.Module):
         out_channels: C of the image.
         out_size: the image side in pixels.
         width: channels of the last upsampling stage.
+        norm: BatchNorm after each up-convolution (DCGAN). ``False``: none, and the
+            up-convolutions get a bias instead, so the output follows the input's scale
+            and shifts (see :class:`LatentDecoder`).
 
     Raises:
         ValueError: if any size, channel count or width is not positive.
     """
 
     def __init__(self, in_channels: int, in_size: int, out_channels: int, out_size: int,
-                 width: int = 32) -> None:
+                 width: int = 32, *, norm: bool = True) -> None:
         super().__init__()
         if min(in_channels, in_size, out_channels, out_size, width) < 1:
             raise ValueError("ConvDecoder sizes, channels and width must be positive, got "
@@ -50,8 +59,8 @@ class ConvDecoder(nn.Module):
         cin = in_channels
         for i in range(stages):
             cout = width * 2 ** (stages - 1 - i)
-            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=not norm),
+                       *normalization(cout, norm), nn.ReLU(inplace=True)]
             cin = cout
         self.upsample = nn.Sequential(*layers)
         self.to_image = nn.Conv2d(cin, out_channels, 3, padding=1)
@@ -77,12 +86,19 @@ class LatentDecoder(nn.Module):
     generator's layout (Radford et al. 2016, §3: a projected 4×4 map, then
     up-convolutions). Built in that order (the random initialisation draws follow it).
 
+    ``norm=False`` drops every BatchNorm (the linear layer keeps its bias, the
+    up-convolutions gain one). The first BatchNorm divides each channel by its spread
+    over the batch and map, so in train mode a code rescaled by any factor decodes the
+    same but for the linear layer's fixed bias: a penalty on the code (sparsity,
+    contraction) could then be met by shrinking the code. The autoencoders of
+    Chollet's Keras blog and of Ng's CS294A notes have no BatchNorm.
+
     Raises:
         ValueError: if any size, channel count or width is not positive.
     """
 
     def __init__(self, latent_dim: int, out_channels: int, image_size: int,
-                 width: int = 32) -> None:
+                 width: int = 32, *, norm: bool = True) -> None:
         super().__init__()
         if min(latent_dim, out_channels, image_size, width) < 1:
             raise ValueError("LatentDecoder sizes, channels and width must be positive, got "
@@ -92,8 +108,8 @@ class LatentDecoder(nn.Module):
         channels = width * 2**doublings
         self.project = nn.Sequential(nn.Linear(latent_dim, channels * side * side),
                                      nn.Unflatten(1, (channels, side, side)),
-                                     nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.decoder = ConvDecoder(channels, side, out_channels, image_size, width)
+                                     *normalization(channels, norm), nn.ReLU(inplace=True))
+        self.decoder = ConvDecoder(channels, side, out_channels, image_size, width, norm=norm)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(N, latent_dim)`` → ``(N, out_channels, image_size, image_size)``."""

@@ -92,11 +92,12 @@ class ContractiveAutoencoder(Autoencoder):
     throughput benchmark (``python -m pytest tests/benchmarks -k autoencoder
     --benchmark-enable``) measures it beside the plain autoencoder's step.
 
-    Shrinking the whole code shrinks ‖J‖²_F too, and the decoder's BatchNorm undoes
-    such a shrinking (see :class:`~tasks.autoencoder.Autoencoder`), so the logs add
-    ``relative_jacobian_sq``: mean_n ‖J_n‖²_F / Σ_j Var_n(h_nj), the Jacobian against
-    the code's spread over the batch (unchanged by rescaling the code; it needs
-    batches of ≥ 2 images, the variance floored at 1e-12).
+    Shrinking the whole code shrinks ‖J‖²_F too, and the decoder's BatchNorm (unless
+    ``decoder_norm=false``) undoes such a shrinking (see
+    :class:`~tasks.autoencoder.Autoencoder`), so the logs add ``relative_jacobian_sq``:
+    mean_n ‖J_n‖²_F / Σ_j Var_n(h_nj), the Jacobian against the code's spread over the
+    batch (unchanged by rescaling the code; it needs batches of ≥ 2 images, the variance
+    floored at 1e-12).
 
     BatchNorm: in train mode each image's code depends on the whole batch, so the
     Jacobian of a batched vector–Jacobian product is not one image's own. The penalty

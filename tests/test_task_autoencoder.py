@@ -53,6 +53,26 @@ def test_loss_falls_on_a_fixed_batch(loss):
     assert sum(losses[-5:]) < 0.75 * sum(losses[:5])
 
 
+@pytest.mark.parametrize("task_name", ["autoencoder", "sparse-autoencoder",
+                                       "contractive-autoencoder"])
+def test_decoder_without_batchnorm_sees_the_codes_scale(task_name):
+    """With ``decoder_norm=false`` doubling the code changes the reconstruction in
+    train mode; a BatchNorm decoder normalises the factor 2 away (exactly once its
+    projection's bias, which the factor does not scale, is zero)."""
+    task = build_small_task(task_name, RGB16, code_dim=6, decoder_width=8,
+                            decoder_norm=False).train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in task.decoder.modules())
+    code = task.encode(smooth_images(8, RGB16)).detach()  # (8, 6)
+    with torch.no_grad():
+        change = (task.decoder(2 * code) - task.decoder(code)).abs().mean()
+        spread = task.decoder(code).std(dim=0).mean()  # how much images differ at init
+    assert change > 0.3 * spread
+    batch_norm = LatentDecoder(6, 3, 16, width=8, norm=True).train()
+    with torch.no_grad():
+        batch_norm.project[0].bias.zero_()
+        torch.testing.assert_close(batch_norm(2 * code), batch_norm(code), rtol=1e-3, atol=1e-4)
+
+
 def test_reconstruction_loss_is_summed_per_image():
     out = torch.randn(3, 2, 4, 4)
     images = torch.rand(3, 2, 4, 4)
@@ -87,10 +107,16 @@ def test_features_are_the_code_from_one_pass():
     assert [s.shape[1] for s in stages] == [s.shape[1] for s in task.feature_stages(images)]
 
 
+@pytest.mark.parametrize("norm", [True, False], ids=["batchnorm", "no-norm"])
 @pytest.mark.parametrize("size,side,upsamplings", [(32, 4, 3), (28, 7, 2), (96, 6, 4), (8, 4, 1),
                                                   (3, 3, 0)])
-def test_latent_decoder_geometry(size, side, upsamplings):
-    decoder = LatentDecoder(5, 2, size, width=4)
+def test_latent_decoder_geometry(size, side, upsamplings, norm):
+    decoder = LatentDecoder(5, 2, size, width=4, norm=norm)
+    batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in decoder.modules())
+    assert batch_norms == (1 + upsamplings if norm else 0)
+    # without BatchNorm to shift them, the up-convolutions need their own bias
+    assert all((m.bias is None) == norm for m in decoder.modules()
+               if isinstance(m, torch.nn.ConvTranspose2d))
     assert decoder.project[1].unflattened_size[1:] == (side, side)
     assert decoder.project[1].unflattened_size[0] == 4 * 2**upsamplings
     assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.modules()) == upsamplings
