@@ -53,8 +53,27 @@ def build_backbone(name: str, in_chans: int, img_size: int, width_multiplier: fl
         valid = sorted(set(params) - {"in_chans", "img_size", "width_multiplier"})
         raise OptionError(f"backbone {name!r} takes no option {', '.join(unknown)}; "
                           f"valid --backbone-opt keys: {', '.join(valid) or 'none'}")
+    for key, value in options.items():
+        _check_option_type(name, key, value, params[key].default)
     return factory(in_chans=in_chans, img_size=img_size, width_multiplier=width_multiplier,
                    **options)
+
+
+def _check_option_type(backbone: str, key: str, value: object, default: object) -> None:
+    """Refuse a ``--backbone-opt`` value whose type differs from the default's (an int
+    where an int is expected, a number where a float is, …).
+
+    Raises:
+        OptionError: naming the option, the value and the expected type.
+    """
+    if default is inspect.Parameter.empty or default is None:
+        return
+    expected = (int, float) if type(default) is float else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(
+            type(default), f"a {type(default).__name__}")
+        raise OptionError(f"--backbone-opt {key}={value!r} is not valid for backbone "
+                          f"{backbone!r}: it takes {kind} (default {default!r})")
 
 
 __all__ = ["Backbone", "build_backbone", "backbone_names"]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from backbones.base import Backbone
+from ssl_bench.core.errors import OptionError
 from ssl_bench.core.registry import BACKBONES
 
 
@@ -30,6 +31,9 @@ class ConvNet(Backbone):
         img_size: input side in pixels (recorded; the network is size-agnostic).
         width: w, channels of the first stage.
         width_multiplier: scales w (split-brain halves each sub-network).
+
+    Raises:
+        OptionError: ``width`` < 1.
     """
 
     family = "cnn"
@@ -37,6 +41,9 @@ class ConvNet(Backbone):
     def __init__(self, in_chans: int = 3, img_size: int = 32, width: int = 32,
                  width_multiplier: float = 1.0) -> None:
         super().__init__()
+        if width < 1:
+            raise OptionError(f"--backbone-opt width={width} is not valid for convnet; "
+                              "give a whole number ≥ 1")
         w = max(1, int(round(width * width_multiplier)))
         widths = [w, 2 * w, 4 * w, 8 * w]
         self.in_chans, self.img_size = in_chans, img_size

@@ -287,7 +287,8 @@ def _list(_: argparse.Namespace, __: list[str]) -> int:
 def _leaderboard(args: argparse.Namespace, _: list[str]) -> int:
     from ssl_bench.leaderboard import write_leaderboard
 
-    summary, runs = write_leaderboard(args.run_dirs or ["runs"], args.output)
+    with _writing(args.output):
+        summary, runs = write_leaderboard(args.run_dirs or ["runs"], args.output)
     stem = args.output.rsplit(".", 1)[0]
     print(f"wrote {len(summary)} configurations ({len(runs)} runs) to {args.output}, "
           f"{stem}_runs.csv and {stem}.md")
@@ -311,8 +312,9 @@ def _add_report_parser(sub) -> None:
 def _report(args: argparse.Namespace, _: list[str]) -> int:
     from ssl_bench.report import build_report
 
-    readme = build_report(args.run_dirs or ["runs"], args.output, title=args.title,
-                          sweep_commands=args.sweep_command, tuned=args.tuned)
+    with _writing(args.output):
+        readme = build_report(args.run_dirs or ["runs"], args.output, title=args.title,
+                              sweep_commands=args.sweep_command, tuned=args.tuned)
     print(f"wrote {readme} (figures in {readme.parent / 'figures'})")
     return 0
 
@@ -361,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the checks could not foresee (disk full, permissions)
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,17 +5,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ssl_bench.core.errors import OptionError
+from ssl_bench.core.rundir import CONFIG
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
                 "eval_batch_size", "step0", "tuned"}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
+# A run name is one path component inside --out: never '.', '..', a separator or hidden.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -108,6 +115,17 @@ class RunConfig:
             raise OptionError(f"--lr-scale must be a positive number, got {self.lr_scale}")
         if self.resume and self.overwrite:
             raise OptionError("--resume and --overwrite exclude each other")
+        for option, value, positive in (("--lr", self.lr, True),
+                                        ("--weight-decay", self.weight_decay, False),
+                                        ("--warmup-epochs", self.warmup_epochs, False)):
+            if value is not None and not (math.isfinite(value) and
+                                          (value > 0 if positive else value >= 0)):
+                raise OptionError(f"{option} must be a finite number "
+                                  f"{'> 0' if positive else '≥ 0'}, got {value}")
+        if self.name is not None and not SAFE_NAME.fullmatch(self.name):
+            raise OptionError(f"--name {self.name!r} is not valid: give one folder name of "
+                              "letters, digits, '.', '_' or '-', starting with a letter or "
+                              "digit (no '/', no '..')")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,14 +136,19 @@ def run_name(config: RunConfig) -> str:
 
     The hash (8 hex digits) appears when any setting that changes the result differs
     from its default, so runs with different budgets or options never share a folder.
+    A dataset whose name loses characters in the folder name (an ``imagefolder:`` path
+    with spaces or non-ASCII letters) gets 6 hex digits of its own, so two folders never
+    share a run name.
     """
     if config.name:
         return config.name
     defaults = RunConfig()
     changed = {k: v for k, v in config.to_dict().items()
                if k not in NOT_MEASURED | _NAMED and v != getattr(defaults, k)}
-    dataset = re.sub(r"[^A-Za-z0-9_.]+", "_", config.dataset.replace("imagefolder:", "folder-")
-                     .rstrip("/")).strip("_")[-40:]
+    readable = config.dataset.replace("imagefolder:", "folder-").rstrip("/")
+    dataset = re.sub(r"[^A-Za-z0-9_.]+", "_", readable).strip("_")[-40:]
+    if dataset != readable:  # characters dropped or cut: a hash keeps the name unique
+        dataset += "_" + hashlib.sha1(config.dataset.encode()).hexdigest()[:6]
     backbone = config.backbone.replace("timm:", "timm_").replace("/", "_")
     name = f"{config.task}-{backbone}-{dataset}-s{config.seed}"
     if changed:
@@ -146,3 +169,27 @@ def config_id(settings: dict[str, Any]) -> str:
     """
     measured = {k: v for k, v in settings.items() if k not in NOT_MEASURED and k != "seed"}
     return hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def recorded_differences(config: RunConfig, run_dir: Path) -> list[str]:
+    """The measured settings in which ``config`` differs from the ``config.yaml`` that
+    ``run_dir`` was made with (task options as given, before defaults are filled in);
+    empty when they agree or the folder has no ``config.yaml``. An unreadable
+    ``config.yaml`` differs in everything (``["config.yaml"]``)."""
+    path = run_dir / CONFIG
+    if not path.exists():
+        return []
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return [CONFIG]
+    if not isinstance(stored, dict):
+        return [CONFIG]
+    stored = {**stored, "task_options": stored.get("task_overrides", {})}
+    return [key for key, value in config.to_dict().items()
+            if key not in NOT_MEASURED and _canonical(value) != _canonical(stored.get(key))]
+
+
+def _canonical(value: Any) -> str:
+    """A setting as comparable text (tuples and lists, int and float keys alike)."""
+    return json.dumps(value, sort_keys=True, default=str)

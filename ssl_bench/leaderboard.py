@@ -10,6 +10,7 @@ metric column is hard-coded.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -48,6 +49,36 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     if not found:
         raise DataError(f"no finished runs ({RESULTS}) in {', '.join(map(str, paths))}")
     return sorted(found)
+
+
+#: Fields every ``results.json`` has; a file without them is skipped.
+REQUIRED_FIELDS = ("task", "backbone", "dataset", "seed", "metrics")
+
+
+def load_results(paths: list[str | Path]) -> list[tuple[Path, dict]]:
+    """``(results.json path, parsed record)`` of every finished run under ``paths``
+    (:func:`find_results`). A file that is truncated, not a JSON object or lacks
+    :data:`REQUIRED_FIELDS` is named in a warning on stderr and skipped, so one
+    broken run does not block the table.
+
+    Raises:
+        DataError: as :func:`find_results`, or if no file could be read.
+    """
+    records = []
+    for path in find_results(paths):
+        try:
+            record = read_json(path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            record, reason = None, exc.__class__.__name__
+        else:
+            reason = "not a results record"
+        if isinstance(record, dict) and all(k in record for k in REQUIRED_FIELDS):
+            records.append((path, record))
+        else:
+            print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+    if not records:
+        raise DataError(f"no readable {RESULTS} in {', '.join(map(str, paths))}")
+    return records
 
 
 def _numbers(values: dict | None, prefix: str = "") -> dict[str, float]:
@@ -112,9 +143,9 @@ def leaderboard_frame(paths: list[str | Path]) -> pd.DataFrame:
     wall-clock, images/s over the training loop; a metric a run did not record is NaN.
 
     Raises:
-        DataError: as :func:`find_results`.
+        DataError: as :func:`load_results`.
     """
-    rows = [run_row(read_json(path), path.parent.name) for path in find_results(paths)]
+    rows = [run_row(record, path.parent.name) for path, record in load_results(paths)]
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in frame.columns if c not in TAIL] + TAIL]
     knn = knn_column(frame.columns)

@@ -14,8 +14,8 @@ import pandas as pd
 from ssl_bench import report_figures as rf
 from ssl_bench.core.errors import DataError
 from ssl_bench.core.figures import save_figure
-from ssl_bench.core.rundir import atomic_path, atomic_write_text, read_json
-from ssl_bench.leaderboard import (find_results, leaderboard_markdown, record_config_id,
+from ssl_bench.core.rundir import atomic_path, atomic_write_text
+from ssl_bench.leaderboard import (load_results, leaderboard_markdown, record_config_id,
                                    write_leaderboard)
 
 BUDGET = ["epochs", "images_seen", "pretrain_images", "eval_train_images", "test_images"]
@@ -25,9 +25,9 @@ def load_runs(paths: list[str | Path]) -> list[tuple[Path, dict]]:
     """``(run directory, parsed results.json)`` of every finished run under ``paths``.
 
     Raises:
-        DataError: as :func:`ssl_bench.leaderboard.find_results`.
+        DataError: as :func:`ssl_bench.leaderboard.load_results`.
     """
-    return [(p.parent, read_json(p)) for p in find_results(paths)]
+    return [(p.parent, record) for p, record in load_results(paths)]
 
 
 def first_seeds(runs: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,11 +17,11 @@ import yaml
 from eval.linear import LinearProbe
 from eval.protocol import Protocol, lowshot_sizes
 from ssl_bench.build import build_task
-from ssl_bench.config import RunConfig, config_id, run_name
+from ssl_bench.config import RunConfig, config_id, recorded_differences, run_name
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
-from ssl_bench.core.registry import EVALUATORS
+from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
                                    atomic_torch_save, atomic_write_json, atomic_write_yaml,
                                    read_json)
@@ -85,7 +86,19 @@ def backbone_gflops(task: PretextTask, spec, device: torch.device) -> float | No
     return counter.get_total_flops() / 2 / 1e9
 
 
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that cannot hold run folders: a file, a path through a
+    file, or a folder this user may not write to."""
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OptionError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"--out {out}: no permission to write in {existing}")
+
+
 def _check_run_dir(config: RunConfig) -> Path:
+    _check_out(config.out)
     run_dir = Path(config.out) / run_name(config)
     if run_dir.exists() and not (config.overwrite or config.resume):
         state = "finished" if (run_dir / RESULTS).exists() else "unfinished"
@@ -103,12 +116,26 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     """
     evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
     run_dir = _check_run_dir(config)
+    differences = recorded_differences(config, run_dir) if config.resume else []
+    if differences:
+        raise OptionError(f"--resume: {run_dir} was made with other settings "
+                          f"({', '.join(differences)}); give another --name or --out, or "
+                          "--overwrite to replace it")
     if config.resume and (run_dir / RESULTS).exists():
         return read_json(run_dir / RESULTS)
+    pretrains = TASKS.get(config.task).pretrains
+    if pretrains and config.epochs == 0:
+        raise OptionError(f"--epochs 0 would record an untrained network as a {config.task} "
+                          "row; give --epochs ≥ 1 (--task random-init is the untrained "
+                          "reference)")
     device = resolve_device(config.device)
     data, idx, protocol, eval_data = _prepare(config, evaluators)
     spec = data.spec()
     train_idx, eval_idx, test_idx = idx
+    if pretrains and config.batch_size > len(train_idx):
+        raise OptionError(f"--batch-size {config.batch_size} is larger than the "
+                          f"{len(train_idx)} pretraining images; give at most "
+                          f"{len(train_idx)} or a larger --train-subset")
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)

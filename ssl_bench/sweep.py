@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ssl_bench.config import RunConfig, run_name
+from ssl_bench.config import RunConfig, recorded_differences, run_name
 from ssl_bench.core.errors import IncompatibleError, Interrupted
 from ssl_bench.core.rundir import RESULTS, atomic_write_text
 
@@ -97,6 +97,12 @@ class Sweep:
     def _run_one(self, config: RunConfig, step: str, outcome: SweepOutcome) -> None:
         name = run_name(config)
         run_dir = Path(config.out) / name
+        differences = recorded_differences(config, run_dir)
+        if differences:  # never skip, resume or overwrite a run made with other settings
+            reason = f"{run_dir} was made with other settings ({', '.join(differences)})"
+            outcome.failed.append((name, reason))
+            self.log(f"{step} {name}: FAILED: {reason}")
+            return
         if (run_dir / RESULTS).exists():
             outcome.skipped.append(name)
             self.log(f"{step} {name}: finished before, skipped")

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ssl_bench.core.errors import OptionError
+from ssl_bench.core.errors import DataError, OptionError
 from ssl_bench.core.images import resize_uint8
 from ssl_bench.core.registry import DATASETS
 from ssl_bench.core.spec import DataSpec
@@ -109,7 +109,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
     Raises:
         UnknownNameError: unknown dataset name (lists the valid ones).
         DataError: a missing/empty folder (says which layout is expected), a
-            failed download, or a corrupt image (names the file).
+            failed download, a corrupt image (names the file), or too few classes
+            or images to score (see :func:`_check_labels`).
     """
     if image_size is not None and image_size < 8:
         raise OptionError(f"--image-size must be at least 8 pixels, got {image_size}")
@@ -121,7 +122,20 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
     else:
         loader: Callable[..., ImageData] = DATASETS.get(name)
         data = loader(Path(root).expanduser() if root else None, download)
+    _check_labels(data)
     return data.resized(image_size) if image_size else data
+
+
+def _check_labels(data: ImageData) -> None:
+    """Refuse data that no classifier score can be read on: fewer than two classes,
+    a class with fewer than two train images (its validation split would be empty),
+    or an empty test split. Such data would report 100 % top-1."""
+    counts = torch.bincount(data.train_labels, minlength=data.num_classes)
+    if data.num_classes < 2 or int(counts.min()) < 2 or len(data.test_labels) == 0:
+        raise DataError(f"dataset {data.name} has {data.num_classes} class(es), "
+                        f"{len(data.train_labels)} train and {len(data.test_labels)} test "
+                        "images; a benchmark needs at least 2 classes, 2 train images in "
+                        "each, and test images")
 
 
 def dataset_names() -> list[str]:

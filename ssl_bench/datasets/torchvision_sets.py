@@ -65,13 +65,17 @@ def _torchvision_dataset(name: str, cls_name: str, channels_last: bool, hflip: b
     return load
 
 
-def _cifar(name: str, cls_name: str) -> Callable[..., ImageData]:
+def _cifar(name: str, cls_name: str, num_classes: int) -> Callable[..., ImageData]:
     from_torchvision = _torchvision_dataset(name, cls_name, channels_last=True, hflip=True)
 
     def load(root: Path | None = None, download: bool = True) -> ImageData:
-        if root is not None and (root / "train").is_dir():
-            return load_imagefolder(root, name, hflip=True, image_size=32)
-        return from_torchvision(root, download)
+        if root is None or not (root / "train").is_dir():
+            return from_torchvision(root, download)
+        data = load_imagefolder(root, name, hflip=True, image_size=32)
+        if data.num_classes != num_classes:  # e.g. a CIFAR-10 tree given as cifar100
+            raise DataError(f"--data-root {root} has {data.num_classes} class folders; "
+                            f"--dataset {name} has {num_classes}")
+        return data
 
     load.__doc__ = (f"torchvision's {cls_name}, or an ImageFolder tree (train/<class>/…, "
                     "test/<class>/…) when --data-root holds one.")
@@ -81,8 +85,8 @@ def _cifar(name: str, cls_name: str) -> Callable[..., ImageData]:
 DATASETS.register("mnist")(_torchvision_dataset("mnist", "MNIST", False, hflip=False))
 DATASETS.register("fashion-mnist")(_torchvision_dataset("fashion-mnist", "FashionMNIST", False,
                                                         hflip=True))
-DATASETS.register("cifar10")(_cifar("cifar10", "CIFAR10"))
-DATASETS.register("cifar100")(_cifar("cifar100", "CIFAR100"))
+DATASETS.register("cifar10")(_cifar("cifar10", "CIFAR10", 10))
+DATASETS.register("cifar100")(_cifar("cifar100", "CIFAR100", 100))
 DATASETS.register("svhn")(_torchvision_dataset("svhn", "SVHN", False, hflip=False,
                                                split_kw=({"split": "train"}, {"split": "test"})))
 DATASETS.register("stl10")(_torchvision_dataset("stl10", "STL10", False, hflip=True,
