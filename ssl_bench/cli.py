@@ -249,9 +249,10 @@ def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _print_results(results: dict) -> None:
+    trained = (f"{results['epochs']} epochs, {results['images_seen']} images seen"
+               if results["epochs"] else "untrained reference")
     print(f"\n{results['task']} / {results['backbone']} / {results['dataset']} "
-          f"(seed {results['seed']}, {results['epochs']} epochs, "
-          f"{results['images_seen']} images seen)")
+          f"(seed {results['seed']}, {trained})")
     for section in ("pretext", "metrics"):
         for key, value in results[section].items():
             print(f"  {key:24s} {value:10.4g}" if isinstance(value, float) else

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from eval.linear import LinearProbe
-from eval.protocol import Protocol, lowshot_sizes
+from eval.protocol import MIN_LOWSHOT_PER_CLASS, Protocol, lowshot_key, lowshot_sizes
 from ssl_bench.build import build_task
 from ssl_bench.config import RunConfig, config_id, recorded_differences, run_name
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
@@ -24,7 +24,7 @@ from ssl_bench.core.images import to_float
 from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
                                    atomic_torch_save, atomic_write_json, atomic_write_yaml,
-                                   read_json)
+                                   read_json, remove_temporary_files)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
@@ -144,10 +144,13 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     settings = {**config.to_dict(), "task_options": options_to_dict(task.options),
                 "optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims]}
     config_key = config_id({**settings, "epochs": epochs})
+    _announce(config, data, idx, protocol)
     # Only now, with every input checked, touch the run directory.
     if config.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
+    fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporary_files(run_dir)  # left by a process killed mid-write
     atomic_write_yaml(run_dir / CONFIG, {
         **settings, "task_overrides": config.task_options, "config_id": config_key,
         "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
@@ -166,8 +169,13 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     def evaluate() -> tuple[dict[str, Any], torch.Tensor]:
         return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device)
 
-    step0 = _step0_reference(task, trainer, evaluate, config, run_dir)
-    stats = trainer.fit(resume=config.resume)
+    try:
+        step0 = _step0_reference(task, trainer, evaluate, config, run_dir)
+        stats = trainer.fit(resume=config.resume)
+    except Exception:
+        if fresh and not trainer.checkpoint_path.exists():  # nothing worth resuming
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     final, test_x = evaluate()
     step0_seconds = step0["eval_seconds"] if step0 is not None else 0.0
     if config.step0 and not task.pretrains:
@@ -215,14 +223,28 @@ def _prepare(config: RunConfig, evaluators: dict) -> tuple[ImageData, tuple[torc
     eval_idx = balanced_subset_indices(data.train_labels, config.eval_train_subset, seed=0)
     test_idx = balanced_subset_indices(data.test_labels, config.test_subset, seed=0,
                                        option="--test-subset")
-    protocol = Protocol(
-        evaluators,
-        lowshot_sizes(config.lowshot, len(data.train_images), len(eval_idx), data.num_classes),
-        LinearProbe() if config.layer_probes else None)
+    lowshot = lowshot_sizes(config.lowshot, len(data.train_images), len(eval_idx),
+                            data.num_classes)
+    protocol = Protocol(evaluators, lowshot, LinearProbe() if config.layer_probes else None)
     eval_data = EvalData(data.train_images[eval_idx], data.train_labels[eval_idx],
                          data.test_images[test_idx], data.test_labels[test_idx],
                          data.num_classes, data.test_images[_pretext_indices(data, config)])
     return data, (train_idx, eval_idx, test_idx), protocol, eval_data
+
+
+def _announce(config: RunConfig, data: ImageData, idx: tuple[torch.Tensor, ...],
+              protocol: Protocol) -> None:
+    """One line on stderr of what the run uses, and a warning for each low-shot
+    percentage left out."""
+    dropped = [f"{p:g}%" for p in config.lowshot if lowshot_key(p) not in protocol.lowshot]
+    if dropped:
+        print(f"warning: --lowshot {', '.join(dropped)} left out: fewer than "
+              f"{MIN_LOWSHOT_PER_CLASS} labels per class of {data.name}", file=sys.stderr)
+    train_idx, eval_idx, test_idx = idx
+    print(f"data: {data.name}, {len(train_idx):,} pretraining / {len(eval_idx):,} labelled / "
+          f"{len(test_idx):,} test images, {data.num_classes} classes, {data.image_size} px, "
+          f"{data.channels} channel(s); evaluators {', '.join(protocol.evaluators)}"
+          f"{', layer probes' if config.layer_probes else ''}", file=sys.stderr)
 
 
 def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:

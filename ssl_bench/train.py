@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,29 +104,32 @@ def _set_rng_state(state: dict) -> None:
 
 
 class _StopOnSigint:
-    """Within the block, the first SIGINT only sets :attr:`requested` (so the loop can
-    stop at a step boundary); a second one raises KeyboardInterrupt as usual. Outside
-    the main thread signals cannot be caught, and Ctrl-C behaves as usual."""
+    """Within the block, the first SIGINT (Ctrl-C) or SIGTERM (what ``timeout``, ``kill``
+    and job schedulers send) only sets :attr:`requested`, so the loop can stop at a step
+    boundary; a second one raises KeyboardInterrupt as usual. Outside the main thread
+    signals cannot be caught, and both behave as usual."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to stop at once)",
-              file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+              "(send it again to stop at once)", file=sys.stderr)
 
     def __enter__(self) -> "_StopOnSigint":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Trainer:
@@ -238,6 +242,11 @@ class Trainer:
         """
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
+        else:
+            self._truncate_metrics()  # steps logged before a kill with no checkpoint
+        # the first step whose loss was not finite (0: none yet), kept on the device so
+        # the check needs no host sync per step
+        self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
             else torch.autocast("cpu", enabled=False)
         self.task.train()
@@ -253,6 +262,7 @@ class Trainer:
                         x, extra = self._batch(order, self.batch)
                         with autocast:
                             logs = self.task.training_step(x, self.optimizers, **extra)
+                        self._note_nonfinite(logs.get("loss"), self.step + 1)
                         for sched in self.schedulers:
                             sched.step()
                         self.batch += 1
@@ -286,12 +296,25 @@ class Trainer:
                 bar.close()
         return TrainStats(self.step, self.images_seen, self.train_seconds)
 
+    def _note_nonfinite(self, loss: Any, step: int) -> None:
+        """Remember ``step`` if its loss is the first that is not finite."""
+        if isinstance(loss, torch.Tensor):
+            bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite == 0)
+            self._first_nonfinite = torch.where(bad, step, self._first_nonfinite)
+        elif loss is not None and not math.isfinite(loss) and int(self._first_nonfinite) == 0:
+            self._first_nonfinite.fill_(step)
+
     def _check(self, logs: dict) -> dict[str, float]:
-        values = {k: float(v) for k, v in logs.items()}
-        if not math.isfinite(values.get("loss", 0.0)):
-            raise Diverged(f"the {self.task.name} loss became {values['loss']} at step {self.step}; "
+        """The logs as floats (one host sync per logging step).
+
+        Raises:
+            Diverged: naming the first step whose loss was not finite.
+        """
+        first = int(self._first_nonfinite)
+        if first:
+            raise Diverged(f"the {self.task.name} loss stopped being finite at step {first}; "
                            "lower --lr or check the task options")
-        return values
+        return {k: float(v) for k, v in logs.items()}
 
     def _log(self, values: dict[str, float], rate: float) -> None:
         record = {"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,

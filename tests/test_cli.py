@@ -64,6 +64,7 @@ def test_random_init_run_then_leaderboard(capsys, tmp_path):
     assert results["lowshot_labels"] == {"10pct": 135}
     assert results["metrics"]["linear_top1_10pct"] > 50
 
+    capsys.readouterr()  # the run's own progress lines
     # a finished run is never overwritten by accident
     assert "exists (finished)" in _error(capsys, ["run", "--task", "random-init", "--out", str(out),
                                                   *fast])

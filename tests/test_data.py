@@ -49,11 +49,12 @@ def test_subset_is_fixed_and_seeded():
 
 def test_imagefolder_decodes_and_caches(tmp_path):
     root = make_imagefolder(tmp_path / "pets", test="val")
-    data = load_dataset(f"imagefolder:{root}")
+    data = load_dataset(f"imagefolder:{root}", image_size=12)
     assert data.train_images.shape == (6, 3, 12, 12) and data.class_names == ["cat", "dog"]
     assert data.test_labels.tolist() == [0, 0, 0, 1, 1, 1]
-    again = load_dataset(f"imagefolder:{root}")
+    again = load_dataset(f"imagefolder:{root}", image_size=12)
     assert torch.equal(again.train_images, data.train_images)
+    assert load_dataset(f"imagefolder:{root}").train_images.shape[-1] == 64  # the default
     assert load_dataset(f"imagefolder:{root}", image_size=8).train_images.shape[-1] == 8
 
 

@@ -100,7 +100,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
             (or, for ``cifar10``/``cifar100``, an ImageFolder tree with
             ``train/`` and ``test/``). ``None``: the cache folder.
         image_size: resize both splits to this side in pixels; ``None`` keeps the
-            native size (ImageFolder trees of mixed sizes default to 64).
+            native size (an ImageFolder tree is decoded at 64 px by default).
         download: fetch torchvision datasets that are missing under ``root``.
 
     Returns:
@@ -114,6 +114,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
     """
     if image_size is not None and image_size < 8:
         raise OptionError(f"--image-size must be at least 8 pixels, got {image_size}")
+    if not name.startswith(IMAGEFOLDER_PREFIX) and ("/" in name or Path(name).is_dir()):
+        raise OptionError(f"--dataset {name}: for a folder of your own images give "
+                          f"--dataset {IMAGEFOLDER_PREFIX}{name}")
     if name.startswith(IMAGEFOLDER_PREFIX):
         from ssl_bench.datasets.imagefolder import load_imagefolder
 
@@ -127,15 +130,29 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
 
 
 def _check_labels(data: ImageData) -> None:
+    check_label_counts(data.name, data.train_labels, data.num_classes, len(data.test_labels))
+
+
+def check_label_counts(name: str, train_labels: torch.Tensor, num_classes: int,
+                       test_images: int) -> None:
     """Refuse data that no classifier score can be read on: fewer than two classes,
     a class with fewer than two train images (its validation split would be empty),
-    or an empty test split. Such data would report 100 % top-1."""
-    counts = torch.bincount(data.train_labels, minlength=data.num_classes)
-    if data.num_classes < 2 or int(counts.min()) < 2 or len(data.test_labels) == 0:
-        raise DataError(f"dataset {data.name} has {data.num_classes} class(es), "
-                        f"{len(data.train_labels)} train and {len(data.test_labels)} test "
-                        "images; a benchmark needs at least 2 classes, 2 train images in "
-                        "each, and test images")
+    or an empty test split. Such data would report 100 % top-1.
+
+    Args:
+        name: the ``--dataset`` name, for the message.
+        train_labels: ``int64`` ``(N_train,)``.
+        num_classes: C.
+        test_images: size of the test split.
+
+    Raises:
+        DataError: naming the dataset and what it has.
+    """
+    counts = torch.bincount(train_labels, minlength=num_classes)
+    if num_classes < 2 or int(counts.min()) < 2 or test_images == 0:
+        raise DataError(f"dataset {name} has {num_classes} class(es), {len(train_labels)} "
+                        f"train and {test_images} test images; a benchmark needs at least 2 "
+                        "classes, 2 train images in each, and test images")
 
 
 def dataset_names() -> list[str]:

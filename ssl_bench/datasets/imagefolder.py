@@ -12,13 +12,13 @@ import torch
 
 from ssl_bench.core.errors import DataError
 from ssl_bench.core.rundir import atomic_torch_save
-from ssl_bench.datasets.base import ImageData, cache_dir
+from ssl_bench.datasets.base import ImageData, cache_dir, check_label_counts
 
 #: Accepted names of the scored split, in order of preference.
 TEST_SPLIT_NAMES = ("test", "val", "validation", "valid")
 IMAGEFOLDER_LAYOUT = ("<root>/train/<class>/<image> and <root>/test/<class>/<image> "
                       f"(or {', '.join(n + '/' for n in TEST_SPLIT_NAMES[1:])} instead of test/)")
-IMAGEFOLDER_DEFAULT_SIZE = 64
+IMAGEFOLDER_DEFAULT_SIZE = 64  # px, when --image-size is not given
 
 
 def _decode(path: str, size: int | None) -> np.ndarray:
@@ -72,21 +72,26 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | Non
     return digest.hexdigest()[:16]
 
 
-def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None) -> ImageData:
+def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None,
+                     num_classes: int | None = None) -> ImageData:
     """Decode an ImageFolder tree (``train/`` + ``test/``, or one of
     :data:`TEST_SPLIT_NAMES` for the scored split) to uint8 tensors.
 
     ``train/`` gives the pretraining images and the evaluators' labelled images (their
     validation part is carved from it); the scored split is used for test top-1 only.
     Images are decoded as RGB, or as one channel when every image of the tree is grey
-    (R = G = B); when their sizes differ (or ``image_size`` is given) each is resized
-    on its shorter side and centre-cropped to a square. Hidden folders are skipped.
+    (R = G = B), each resized on its shorter side and centre-cropped to a square of
+    ``image_size`` px (``None``: :data:`IMAGEFOLDER_DEFAULT_SIZE`). Hidden folders are skipped.
     The decoded tensors are cached under ``$SSL_BENCH_CACHE``, keyed by every file's
     relative path, size and modification time (see :func:`_cache_key`).
 
+    Args:
+        num_classes: the class count a known dataset must have (``None``: any).
+
     Raises:
         DataError: a missing folder or split, no class folders, no images, mismatched
-            class folders between splits, or an undecodable file (named).
+            class folders between splits, another class count than ``num_classes``,
+            too few classes or images to score, or an undecodable file (named).
     """
     root = Path(root)
     if not root.is_dir():
@@ -103,18 +108,21 @@ def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None)
     if classes != test_classes:
         raise DataError(f"{root}/train and {root}/{test_name} have different class folders")
 
+    if num_classes is not None and len(classes) != num_classes:  # e.g. CIFAR-10 as cifar100
+        raise DataError(f"--data-root {root} has {len(classes)} class folders; "
+                        f"--dataset {name} has {num_classes}")
+    check_label_counts(name, torch.tensor([label for _, label in train_samples]), len(classes),
+                       len(test_samples))  # before decoding anything
     key = _cache_key(root, train_samples + test_samples, image_size)
     cached = cache_dir() / "decoded" / f"{name.replace(':', '_').replace('/', '_')[:40]}-{key}.pt"
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
         return ImageData(name, blob["xtr"], blob["ytr"], blob["xte"], blob["yte"], classes, hflip)
 
-    size = image_size
-    if size is None:
-        from PIL import Image
-
-        with Image.open(train_samples[0][0]) as first:
-            size = first.size[0] if first.size[0] == first.size[1] else IMAGEFOLDER_DEFAULT_SIZE
+    size = image_size or IMAGEFOLDER_DEFAULT_SIZE
+    print(f"{name}: decoding {len(train_samples)} train and {len(test_samples)} {test_name} "
+          f"images at {size}×{size} px (resized on the short side, centre-cropped; "
+          f"--image-size changes it), cached in {cached.parent}", file=sys.stderr)
     splits = []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for samples in (train_samples, test_samples):

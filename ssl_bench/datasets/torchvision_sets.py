@@ -71,11 +71,7 @@ def _cifar(name: str, cls_name: str, num_classes: int) -> Callable[..., ImageDat
     def load(root: Path | None = None, download: bool = True) -> ImageData:
         if root is None or not (root / "train").is_dir():
             return from_torchvision(root, download)
-        data = load_imagefolder(root, name, hflip=True, image_size=32)
-        if data.num_classes != num_classes:  # e.g. a CIFAR-10 tree given as cifar100
-            raise DataError(f"--data-root {root} has {data.num_classes} class folders; "
-                            f"--dataset {name} has {num_classes}")
-        return data
+        return load_imagefolder(root, name, hflip=True, image_size=32, num_classes=num_classes)
 
     load.__doc__ = (f"torchvision's {cls_name}, or an ImageFolder tree (train/<class>/…, "
                     "test/<class>/…) when --data-root holds one.")

@@ -1,0 +1,106 @@
+"""A run killed at any moment resumes to bit-identical results and leaves no
+temporary files; SIGTERM stops it at a step boundary with a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_bench.cli import main
+
+RUN = ["run", "--task", "denoising", "--epochs", "2", "--train-subset", "256", "--batch-size",
+       "64", "--evaluators", "knn", "--lowshot", "--no-layer-probes"]
+
+# Runs the CLI in a child process that sends itself `signal` at a chosen moment:
+# "train:<n>" — as the n-th training step begins (4 steps per epoch; the first
+# checkpoint ends epoch 1); "checkpoint:<n>" — after the n-th checkpoint's temporary
+# file is written, before its rename; "evaluation" — at the final evaluation (the
+# first is the step-0 reference).
+DRIVER = """
+import os, sys, signal, torch
+import ssl_bench.runner as runner, ssl_bench.train as train
+from ssl_bench.cli import main
+(point, _, n), sig, argv = sys.argv[1].partition(":"), getattr(signal, sys.argv[2]), sys.argv[3:]
+calls = {"n": 0}
+def hit(n):
+    calls["n"] += 1
+    if calls["n"] == n:
+        os.kill(os.getpid(), sig)
+if point == "train":
+    batch = train.Trainer._batch
+    train.Trainer._batch = lambda self, *a: (hit(int(n)), batch(self, *a))[1]
+elif point == "checkpoint":
+    save = torch.save
+    def torch_save(obj, path, *a, **k):
+        save(obj, path, *a, **k)
+        if str(path).endswith(".tmp") and "checkpoint" in str(path):
+            hit(int(n))
+    torch.save = torch_save
+else:
+    evaluate = runner.evaluate_frozen
+    runner.evaluate_frozen = lambda *a, **k: (hit(2), evaluate(*a, **k))[1]
+sys.exit(main(argv))
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(cache, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache) -> dict:
+    """The results of the same run, never interrupted."""
+    out = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_BENCH_CACHE", str(cache))
+        assert main([*RUN, "--out", str(out)]) == 0
+    (run,) = out.iterdir()
+    return json.loads((run / "results.json").read_text())
+
+
+def interrupted_run(out: Path, point: str, sig: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", DRIVER, point, sig, *RUN, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def same_results(a: dict, b: dict) -> bool:
+    keys = ("metrics", "pretext", "step0", "images_seen", "steps")
+    return all(a[k] == b[k] for k in keys)
+
+
+@pytest.mark.parametrize("point", ["train:2", "train:6", "checkpoint:1", "checkpoint:2",
+                                   "evaluation"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, point):
+    child = interrupted_run(tmp_path, point, "SIGKILL")
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    assert not (run / "results.json").exists()
+    assert main([*RUN, "--out", str(tmp_path), "--resume"]) == 0
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+    resumed = json.loads((run / "results.json").read_text())
+    assert same_results(resumed, reference)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step logged twice
+
+
+def test_sigterm_saves_a_checkpoint_at_a_step_boundary(tmp_path, reference):
+    child = interrupted_run(tmp_path, "train:6", "SIGTERM")
+    assert child.returncode == 130, child.stderr[-2000:]
+    assert "SIGTERM" in child.stderr and "--resume" in child.stderr
+    (run,) = tmp_path.iterdir()
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 6  # signalled while step 6 began: it finishes, then the checkpoint
+    assert main([*RUN, "--out", str(tmp_path), "--resume"]) == 0
+    assert same_results(json.loads((run / "results.json").read_text()), reference)
