@@ -95,7 +95,8 @@ class TimmViT(Backbone):
                  width_multiplier: float = 1.0) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
-            raise OptionError(f"--backbone-opt global_pool must be 'token' or 'avg', got {global_pool!r}")
+            raise OptionError("--backbone-opt global_pool must be 'token' or 'avg', got "
+                              f"{global_pool!r}")
         patch_size = patch_size or vit_patch_size(img_size)
         if img_size % patch_size:
             raise IncompatibleError(

@@ -103,7 +103,8 @@ class RunConfig:
     command: str = ""
 
     def __post_init__(self) -> None:
-        for option, value, low in (("--epochs", self.epochs, 0), ("--batch-size", self.batch_size, 2),
+        for option, value, low in (("--epochs", self.epochs, 0),
+                                   ("--batch-size", self.batch_size, 2),
                                    ("--eval-batch-size", self.eval_batch_size, 1),
                                    ("--pretext-eval-images", self.pretext_eval_images, 1),
                                    ("--layer-dims", self.layer_dims, 1)):

@@ -289,7 +289,8 @@ class Trainer:
                     self.epoch += 1
                     self.batch = 0
                     self.save_checkpoint()
-                    tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: loss {values['loss']:.4f}, "
+                    tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: "
+                               f"loss {values['loss']:.4f}, "
                                f"{self.images_seen / max(self.train_seconds, 1e-9):.0f} images/s",
                                file=sys.stderr)
             finally:

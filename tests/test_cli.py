@@ -54,7 +54,8 @@ def test_random_init_run_then_leaderboard(capsys, tmp_path):
                  *fast]) == 0
     (run,) = out.iterdir()
     results = json.loads((run / "results.json").read_text())
-    assert results["epochs"] == 0 and results["command"].startswith("ssl-bench run --task random-init")
+    assert results["epochs"] == 0
+    assert results["command"].startswith("ssl-bench run --task random-init")
     assert results["metrics"]["knn_top1_k20"] > 50  # random conv features beat 10% chance on digits
     assert {"config.yaml", "results.json"} <= {p.name for p in run.iterdir()}
     # per-layer probes and 10% low-shot (1% of digits is too few labels)

@@ -112,4 +112,5 @@ def test_real_cifar10_imagefolder(monkeypatch):
     monkeypatch.delenv("SSL_BENCH_CACHE")  # share the decoded copy with real runs
     data = load_dataset("cifar10", root=CIFAR10_ROOT, download=False)
     assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape[0] == 10000
-    assert data.class_names[0] == "airplane" and data.train_labels.bincount().tolist() == [5000] * 10
+    assert data.class_names[0] == "airplane"
+    assert data.train_labels.bincount().tolist() == [5000] * 10

@@ -91,4 +91,5 @@ def test_sweep_cli_skips_incompatible_pairs(tmp_path, capsys):
                  "--out", str(out), *TINY]) == 0
     err = capsys.readouterr().err
     assert "2 finished" in err and "2 incompatible" in err and "needs a VIT backbone" in err
-    assert sorted(p.name.split("-s")[0] for p in out.iterdir()) == ["random-init-convnet-digits"] * 2
+    names = sorted(p.name.split("-s")[0] for p in out.iterdir())
+    assert names == ["random-init-convnet-digits"] * 2

@@ -18,7 +18,7 @@ TASK_NAMES = TASKS.names()
 def _build_or_skip(name, spec):
     try:
         return build_small_task(name, spec)
-    except IncompatibleError as exc:  # e.g. split-brain on grayscale: a clear refusal is the contract
+    except IncompatibleError as exc:  # split-brain on grayscale: a clear refusal is the contract
         assert str(exc)
         pytest.skip(f"{name} refuses {spec.name}: {exc}")
 

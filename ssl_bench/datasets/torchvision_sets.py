@@ -32,8 +32,9 @@ def _torchvision_split(cls_name: str, root: Path, download: bool, train: bool, *
         return cls(root=str(root), download=True, **split_kw)
     except Exception as exc:  # network errors come in many types
         raise DataError(
-            f"{cls_name} is not under {root} and could not be downloaded ({exc.__class__.__name__}: "
-            f"{exc}); pass --data-root pointing at an existing copy in torchvision's layout") from None
+            f"{cls_name} is not under {root} and could not be downloaded "
+            f"({exc.__class__.__name__}: {exc}); pass --data-root pointing at an existing copy "
+            "in torchvision's layout") from None
 
 
 def _labels(ds) -> torch.Tensor:
@@ -61,7 +62,8 @@ def _torchvision_dataset(name: str, cls_name: str, channels_last: bool, hflip: b
         classes = classes or [str(i) for i in range(int(ytr.max()) + 1)]
         return ImageData(name, xtr, ytr, xte, yte, classes, hflip)
 
-    load.__doc__ = f"torchvision's {cls_name}; downloaded to the cache folder unless --data-root holds it."
+    load.__doc__ = (f"torchvision's {cls_name}; downloaded to the cache folder unless "
+                    "--data-root holds it.")
     return load
 
 
