@@ -12,6 +12,9 @@ from typing import Iterator
 from ssl_bench.config import RunConfig
 from ssl_bench.core.errors import Interrupted, OptionError, SslBenchError
 
+CACHE_HELP = ("Decoded images and downloads are cached in $SSL_BENCH_CACHE (default "
+              "~/.cache/ssl-bench); delete its decoded/ folder to clear the decoded copies.")
+
 
 def _default(setting: str):
     """The default of a :class:`RunConfig` setting: the CLI never restates one."""
@@ -38,7 +41,8 @@ def _add_run_parser(sub) -> None:
                    help="convnet | resnet18 | vit_tiny | timm:<name> (default: %(default)s)")
     p.add_argument("--dataset", default=_default("dataset"),
                    help="digits (embedded, offline) | mnist | fashion-mnist | cifar10 | cifar100 | "
-                        "svhn | stl10 | imagefolder:<path> (default: %(default)s)")
+                        "svhn | stl10 | imagefolder:<path> (default: %(default)s). "
+                        + CACHE_HELP)
     p.add_argument("--seed", type=int, default=_default("seed"))
     p.add_argument("--name", help="run directory name (default: <task>-<backbone>-<dataset>-s<seed>"
                                   "[-<hash of non-default settings>])")
@@ -323,7 +327,8 @@ def _report(args: argparse.Namespace, _: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssl-bench", description="Benchmark self-supervised pretext tasks: pretrain, "
-                                      "evaluate frozen features, compare on a leaderboard.")
+                                      "evaluate frozen features, compare on a leaderboard.",
+        epilog=CACHE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_sweep_parser(sub)

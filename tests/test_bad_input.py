@@ -4,6 +4,7 @@ changes nothing on disk; unusual but valid input gets the correct behaviour."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,36 @@ def test_leaderboard_skips_a_broken_results_file_with_a_warning(capsys, finished
     assert main(["leaderboard", str(tmp_path / "runs"), "-o", str(tmp_path / "lb.csv")]) == 0
     assert "warning: skipping" in capsys.readouterr().err
     assert json.loads(text)["task"] in (tmp_path / "lb.csv").read_text()
+
+
+def test_dataset_given_as_a_path_suggests_imagefolder(capsys, tmp_path):
+    root = make_folder(tmp_path / "photos")
+    refused(capsys, ["run", "--task", "random-init", *FAST, "--dataset", str(root), "--out",
+                     str(tmp_path)], tmp_path, f"--dataset imagefolder:{root}")
+
+
+def test_divergence_names_the_first_bad_step_and_leaves_no_folder(capsys, tmp_path, monkeypatch):
+    from tasks.denoising import Denoising
+
+    step = Denoising.training_step
+    calls = {"n": 0}
+
+    def nan_from_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        logs = step(self, *args, **kwargs)
+        return {**logs, "loss": logs["loss"] * float("nan")} if calls["n"] >= 3 else logs
+
+    monkeypatch.setattr(Denoising, "training_step", nan_from_step_3)
+    out = tmp_path / "runs"
+    assert main(["run", "--task", "denoising", *FAST, "--epochs", "1", "--train-subset", "640",
+                 "--batch-size", "64", "--out", str(out)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "stopped being finite at step 3" in last
+    assert not any(out.iterdir())  # it failed before its first checkpoint
+
+
+def test_files_follow_the_umask(finished):
+    mode = (finished / "mine" / "results.json").stat().st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask
