@@ -209,3 +209,10 @@ def test_files_follow_the_umask(finished):
     mask = os.umask(0)
     os.umask(mask)
     assert mode == 0o666 & ~mask
+
+
+def test_out_without_write_permission_is_refused(capsys, tmp_path, monkeypatch):
+    # as root every folder is writable, so the permission answer is simulated
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    refused(capsys, ["run", "--task", "random-init", *FAST, "--out", str(tmp_path / "runs")],
+            tmp_path, "no permission to write in")
