@@ -32,6 +32,8 @@ SETTINGS = ["epochs", "batch_size", "images_seen", "steps", "pretrain_images",
             "eval_train_images", "test_images"]
 COST_SETTINGS = ["backbone_params", "task_params", "backbone_gflops_per_image", "feature_dim"]
 TAIL = ["run", "command"]
+#: The resolved task options of a run, as sorted JSON (labels configurations apart).
+OPTIONS = "task_options"
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -122,6 +124,8 @@ def run_row(record: dict, run: str) -> dict:
            "reference": bool(record.get("reference", False))}
     row.update({k: record.get(k) for k in SETTINGS})
     row.update({k: cost.get(k) for k in COST_SETTINGS})
+    row[OPTIONS] = json.dumps((record.get("config") or {}).get("task_options") or {},
+                              sort_keys=True)
     metrics, pretext = _numbers(record.get("metrics")), _numbers(record.get("pretext"))
     row.update(metrics)
     row.update({f"pretext_{k}": v for k, v in pretext.items()})
@@ -165,7 +169,7 @@ def knn_column(columns: Iterable[str], suffix: str = "") -> str | None:
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The measured columns of a per-run frame: every numeric column that is not
     identity, a shared setting, a probe's choice, a chance level or bookkeeping."""
-    fixed = set(IDENTITY + SETTINGS + COST_SETTINGS + TAIL + ["layer_best"])
+    fixed = set(IDENTITY + SETTINGS + COST_SETTINGS + TAIL + ["layer_best", OPTIONS])
     return [c for c in frame.columns if c not in fixed and not is_choice(c)
             and not c.endswith("_chance")
             and pd.to_numeric(frame[c], errors="coerce").notna().any()]
@@ -221,7 +225,8 @@ def aggregate_seeds(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     for key, runs in frame.groupby(GROUP, dropna=False, sort=False):
         row = dict(zip(GROUP, key), reference=bool(runs["reference"].any()), n=len(runs),
                    seeds=",".join(str(int(s)) for s in sorted(runs["seed"].dropna())))
-        shared = SETTINGS + COST_SETTINGS + [c for c in runs if c.endswith("_chance")]
+        shared = SETTINGS + COST_SETTINGS + [OPTIONS] + [c for c in runs
+                                                         if c.endswith("_chance")]
         row.update({c: runs[c].iloc[0] for c in shared if c in runs})
         best = runs["layer_best"].dropna()
         row["layer_best"] = best.mode().iloc[0] if len(best) else None
@@ -298,6 +303,7 @@ def leaderboard_markdown(summary: pd.DataFrame) -> str:
     table = summary[keys + ["n"]].copy()
     table["task"] = [f"{t} (ref.)" if ref else t for t, ref in zip(summary["task"],
                                                                   summary["reference"])]
+    table["task"] += _distinguishing_options(summary, keys)
     if summary.duplicated(keys).any():
         table.insert(3, "config_id", summary["config_id"])
     for metric, header, decimals in headline_metrics(summary):
@@ -313,6 +319,24 @@ def leaderboard_markdown(summary: pd.DataFrame) -> str:
             "final minus the same run evaluated before its first optimizer step (same seed, "
             "same initialisation); †: that gain's interval includes 0, so the row is not "
             "distinguishable from its own initialisation.\n")
+
+
+def _distinguishing_options(summary: pd.DataFrame, keys: list[str]) -> list[str]:
+    """`` (key=value, …)`` of the task options in which a configuration differs from
+    the other configurations of its task, backbone and dataset (``""`` for the rest),
+    e.g. the context encoder's ``adversarial=false`` variant."""
+    if OPTIONS not in summary:
+        return [""] * len(summary)
+    options = [json.loads(o) if isinstance(o, str) else {} for o in summary[OPTIONS]]
+    labels = []
+    for i, row in summary.iterrows():
+        peers = [options[j] for j in summary.index[(summary[keys] == row[keys]).all(axis=1)]
+                 if j != i]
+        differing = sorted(k for k, v in options[i].items()
+                           if any(peer.get(k) != v for peer in peers))
+        labels.append(f" ({', '.join(f'{k}={json.dumps(options[i][k])}' for k in differing)})"
+                      if differing else "")
+    return labels
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

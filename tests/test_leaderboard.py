@@ -163,3 +163,16 @@ def test_gain_over_step0_with_its_interval_and_the_pretext_beside_chance(tmp_pat
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
     assert "top1 21 (chance 12.5, step 0 12)" in rows["relative-patch"]
     assert "†" not in rows["relative-patch"] and "†" in rows["jigsaw"]  # its CI includes 0
+
+
+def test_configurations_of_one_task_are_labelled_by_the_options_they_differ_in(tmp_path):
+    for seed in (0, 1):
+        for adversarial in (True, False):
+            _fake_run(tmp_path, f"ce-{adversarial}-{seed}", "context-encoder", 40.0, seed=seed,
+                      config_id=f"id-{adversarial}", config={"task_options": {
+                          "mask": "center", "adversarial": adversarial}})
+    _fake_run(tmp_path, "jig", "jigsaw", 30.0, config={"task_options": {"mask": "center"}})
+    md = leaderboard_markdown(aggregate_seeds(leaderboard_frame([tmp_path])))
+    assert "context-encoder (adversarial=false)" in md
+    assert "context-encoder (adversarial=true)" in md
+    assert "| jigsaw " in md and "mask=" not in md  # a shared option labels nothing
