@@ -1,19 +1,43 @@
 #!/usr/bin/env bash
-# The CIFAR-10 sweep behind results/README.md: every pretext task, the random-init,
-# supervised and pixels references, 3 seeds each, at a CPU budget (about an hour on
-# 2 cores). The two sweeps run side by side, one CPU thread each. Re-running this
-# script skips finished runs and resumes interrupted ones. For a GPU-scale benchmark
-# raise --train-subset/--epochs and drop the --*-subset and --layer-dims limits.
+# The CIFAR-10 comparison behind results/README.md, under the current protocol:
+#   1. `tune`: every pretext task, learning rate × {1/4, 1, 4} × its main knob (6 runs
+#      each at the sweep's budget, seed 0), chosen on validation top-1 → results/tuned.yaml;
+#   2. `sweep --tuned`: every task at its tuned setting plus the random-init references,
+#      3 seeds, each run evaluated at step 0 and after training;
+#   3. `evaluate --bn-recalibrate` on every convnet run (results/bn-recalibration.md);
+#   4. `report`.
+# About 3 hours on 2 CPU cores (one thread per process, two processes side by side).
+# Re-running it skips finished runs and resumes interrupted ones. For a GPU-scale
+# benchmark raise --train-subset/--epochs and drop the --*-subset limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
-BUDGET="--datasets cifar10 --data-root $DATA --seeds 0 1 2 --train-subset 10000 --epochs 1 \
---warmup-epochs 0.1 --eval-train-subset 10000 --test-subset 5000 --layer-dims 2048 --out runs/sweep"
 export OMP_NUM_THREADS=1
-ssl-bench sweep --tasks pixels random-init supervised denoising context-encoder split-brain \
-  relative-patch jigsaw vae --backbones convnet $BUDGET > runs/sweep-convnet.log 2>&1 &
-ssl-bench sweep --tasks random-init mae --backbones vit_tiny $BUDGET > runs/sweep-vit.log 2>&1 &
+mkdir -p runs/bn
+BUDGET="--datasets cifar10 --data-root $DATA --train-subset 5000 --epochs 1 --warmup-epochs 0.1 \
+--eval-train-subset 5000 --test-subset 2000"
+SWEEP="--seeds 0 1 2 --lowshot --no-layer-probes --tuned results/tuned.yaml --out runs/sweep"
+CONVNET_TASKS="denoising jigsaw context-encoder split-brain relative-patch vae rotation vq-vae \
+autoencoder sparse-autoencoder contractive-autoencoder"
+
+ssl-bench tune --tasks $CONVNET_TASKS --backbones convnet --seed 0 $BUDGET --out runs/tune \
+  -o results/tuned.yaml
+ssl-bench tune --tasks mae --backbones vit_tiny --seed 0 $BUDGET --out runs/tune \
+  -o results/tuned.yaml
+
+ssl-bench sweep --tasks $CONVNET_TASKS random-init --backbones convnet $BUDGET $SWEEP \
+  > runs/sweep-convnet.log 2>&1 &
+ssl-bench sweep --tasks random-init mae --backbones vit_tiny $BUDGET $SWEEP \
+  > runs/sweep-vit.log 2>&1 &
 wait
-ssl-bench report runs/sweep -o results \
-  --sweep-command "ssl-bench sweep --tasks pixels random-init supervised denoising context-encoder split-brain relative-patch jigsaw vae --backbones convnet $BUDGET" \
-  --sweep-command "ssl-bench sweep --tasks random-init mae --backbones vit_tiny $BUDGET"
+ssl-bench sweep --tasks context-encoder --set adversarial=false --backbones convnet $BUDGET $SWEEP
+
+for run in runs/sweep/*convnet*; do
+  ssl-bench evaluate "$run" --bn-recalibrate -o "runs/bn/$(basename "$run").json"
+done
+
+ssl-bench report runs/sweep -o results --tuned results/tuned.yaml \
+  --title "CIFAR-10, tuned, 3 seeds, short CPU budget" \
+  --sweep-command "ssl-bench sweep --tasks $CONVNET_TASKS random-init --backbones convnet $BUDGET $SWEEP" \
+  --sweep-command "ssl-bench sweep --tasks random-init mae --backbones vit_tiny $BUDGET $SWEEP" \
+  --sweep-command "ssl-bench sweep --tasks context-encoder --set adversarial=false --backbones convnet $BUDGET $SWEEP"
