@@ -110,9 +110,14 @@ def _check_run_dir(config: RunConfig) -> Path:
 def run_experiment(config: RunConfig) -> dict[str, Any]:
     """Pretrain, evaluate and write one run directory; return its ``results.json``.
 
+    Every input is checked before the run directory is touched (``--resume`` also
+    checks the settings recorded in it); a run that fails before its first
+    checkpoint removes the directory it created.
+
     Raises:
-        SslBenchError: any bad input (names, options, data), an interrupted or
-            diverged run; the message says what to do.
+        SslBenchError: any bad input (names, options, data, an ``--out`` that cannot
+            hold runs, ``--resume`` onto a run made with other settings), an
+            interrupted or diverged run; the message says what to do.
     """
     evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
     run_dir = _check_run_dir(config)
