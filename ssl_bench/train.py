@@ -299,11 +299,10 @@ class Trainer:
 
     def _note_nonfinite(self, loss: Any, step: int) -> None:
         """Remember ``step`` if its loss is the first that is not finite."""
-        if isinstance(loss, torch.Tensor):
-            bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite == 0)
+        if loss is not None:
+            loss = torch.as_tensor(loss, device=self.device).detach()
+            bad = ~torch.isfinite(loss) & (self._first_nonfinite == 0)
             self._first_nonfinite = torch.where(bad, step, self._first_nonfinite)
-        elif loss is not None and not math.isfinite(loss) and int(self._first_nonfinite) == 0:
-            self._first_nonfinite.fill_(step)
 
     def _check(self, logs: dict) -> dict[str, float]:
         """The logs as floats (one host sync per logging step).

@@ -110,7 +110,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
         UnknownNameError: unknown dataset name (lists the valid ones).
         DataError: a missing/empty folder (says which layout is expected), a
             failed download, a corrupt image (names the file), or too few classes
-            or images to score (see :func:`_check_labels`).
+            or images to score (see :func:`check_label_counts`).
     """
     if image_size is not None and image_size < 8:
         raise OptionError(f"--image-size must be at least 8 pixels, got {image_size}")
@@ -125,12 +125,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
     else:
         loader: Callable[..., ImageData] = DATASETS.get(name)
         data = loader(Path(root).expanduser() if root else None, download)
-    _check_labels(data)
-    return data.resized(image_size) if image_size else data
-
-
-def _check_labels(data: ImageData) -> None:
     check_label_counts(data.name, data.train_labels, data.num_classes, len(data.test_labels))
+    return data.resized(image_size) if image_size else data
 
 
 def check_label_counts(name: str, train_labels: torch.Tensor, num_classes: int,
