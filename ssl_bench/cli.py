@@ -271,21 +271,20 @@ def _show(value) -> str:
 
 
 def _list(_: argparse.Namespace, __: list[str]) -> int:
-    from backbones import backbone_names
-    from ssl_bench.core.registry import EVALUATORS, TASKS
-    from ssl_bench.datasets import dataset_names
+    # read from the source: importing the registries' modules would import torch (seconds)
+    from ssl_bench.catalog import Catalog
+    from ssl_bench.core.registry import BACKBONES, DATASETS, EVALUATORS, TASKS
 
+    catalog = Catalog()
     print("tasks:")
-    for name, cls in TASKS.items():
-        print(f"  {name:18s} {cls.paper}" + (" [reference row]" if cls.reference else ""))
-        defaults = cls.Options()
-        opts = ", ".join(f"{f.name}={_show(getattr(defaults, f.name))}"
-                         for f in dataclasses.fields(defaults))
+    for task in catalog.tasks(TASKS):
+        print(f"  {task.name:18s} {task.paper}" + (" [reference row]" if task.reference else ""))
+        opts = ", ".join(f"{name}={_show(value)}" for name, value in task.options)
         if opts:
             print(f"  {'':18s} --set {opts}")
-    print("backbones:\n  " + "\n  ".join(backbone_names()))
-    print("datasets:\n  " + "\n  ".join(dataset_names()))
-    print("evaluators:\n  " + "\n  ".join(EVALUATORS.names()))
+    print("backbones:\n  " + "\n  ".join(catalog.listed_names(BACKBONES)))
+    print("datasets:\n  " + "\n  ".join(catalog.listed_names(DATASETS)))
+    print("evaluators:\n  " + "\n  ".join(catalog.listed_names(EVALUATORS)))
     return 0
 
 
