@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from eval.base import Evaluator, as_tuple, check_inputs, topk_correct
 from ssl_bench.core.errors import DataError, OptionError
@@ -53,129 +51,162 @@ def validation_split(labels: torch.Tensor, fraction: float,
     return train_idx, val_idx
 
 
-class LinearClassifiers(nn.Module):
-    """G linear classifiers behind one shared BatchNorm without affine parameters.
+class Standardizer:
+    """Per-dimension standardisation with the statistics of the features a probe is fitted on.
 
-    ``x / scale`` → ``BatchNorm1d(D, affine=False)`` → G independent
-    ``Linear(D, C)``. ``scale`` is one scalar, the standard deviation of all
-    entries of the features the probe is fitted on; this division is our
-    addition to MAE's recipe: without it BatchNorm's ε (1e-5) swamps the
-    variance of backbones whose features are tiny (a random-init CNN's are
-    ~1e-4, variance ~1e-8) and the probe barely learns. One scalar changes no
-    linear separability. BatchNorm then standardises each dimension; its
-    running statistics are a plain average over all training batches
-    (``momentum=None``), not dominated by the initial 0/1. Weights and biases
-    start at zero: the loss is convex in them, so no random init is needed.
+    ``z = (x − μ) / sqrt(σ² + ε · s²)`` with μ, σ² each dimension's mean and
+    (biased) variance, s² the mean of σ² over dimensions and ε = 1e-5. This is
+    MAE's BatchNorm without affine parameters in front of the classifier (He et
+    al., CVPR 2022, Appendix A.2), with full-batch statistics; ε is relative to
+    the features' own scale, so a backbone whose features are ~1e-4 is
+    standardised like one whose features are ~1 (a fixed ε would swamp them).
+    A dimension that is constant on the fitted features maps to 0.
 
     Args:
-        dim: D.
-        num_classes: C.
-        count: G.
-        scale: the feature scale (> 0).
+        features: ``float32`` ``(N, D)``, N ≥ 1.
     """
 
-    def __init__(self, dim: int, num_classes: int, count: int, scale: float) -> None:
-        super().__init__()
-        self.register_buffer("scale", torch.tensor(scale))
-        self.norm = nn.BatchNorm1d(dim, affine=False, momentum=None)
-        self.weight = nn.Parameter(torch.zeros(count, num_classes, dim))
-        self.bias = nn.Parameter(torch.zeros(count, num_classes))
+    EPS = 1e-5
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, G, C)`` of features ``(N, D)``; all G classifiers in one matmul."""
-        z = self.norm(features / self.scale)
-        logits = F.linear(z, self.weight.flatten(0, 1), self.bias.flatten())
-        return logits.view(len(z), *self.bias.shape)
+    def __init__(self, features: torch.Tensor) -> None:
+        self.mean = features.mean(dim=0)
+        variance = features.var(dim=0, unbiased=False)
+        self.denominator = (variance + self.EPS * variance.mean()).sqrt()
+        self.denominator[self.denominator == 0] = 1.0  # all entries equal: nothing to scale
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """``(n, D)`` → standardised ``float32`` ``(n, D)``."""
+        return (features - self.mean) / self.denominator
+
+
+def row_space(features: torch.Tensor) -> torch.Tensor | None:
+    """An orthonormal basis ``(D, N)`` of the span of the rows of ``features`` ``(N, D)``
+    when D > N, else ``None``.
+
+    An L2-penalised linear classifier trained on these rows has its weights in
+    this span (the representer theorem: the penalty's gradient and every loss
+    gradient lie in it), so it can be trained on the N coordinates ``features @
+    Q`` instead of the D dimensions, with the same objective and predictions on
+    any input — a cheaper problem when a layer has more dimensions than the
+    probe has images.
+    """
+    n, dim = features.shape
+    if dim <= n:
+        return None
+    return torch.linalg.qr(features.T, mode="reduced").Q  # (D, N)
+
+
+@torch.enable_grad()
+def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                            l2: float, init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                            tolerance: float = 1e-4, max_iter: int = 500
+                            ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Multinomial logistic regression with an L2 penalty on the weights, full batch.
+
+    Minimises ``mean_i CE(W x_i + b, y_i) + l2 / 2 · |W|²`` (the bias is not
+    penalised) with L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search,
+    history 10) until the largest gradient entry is below ``tolerance`` or
+    ``max_iter`` iterations are done. The objective is strictly convex for
+    ``l2 > 0``, so the result does not depend on the start, only the cost does.
+
+    Args:
+        features: ``float32`` ``(N, D)``, standardised.
+        labels: ``int64`` ``(N,)``.
+        num_classes: C.
+        l2: the penalty λ ≥ 0.
+        init: weights ``(C, D)`` and bias ``(C,)`` to start from (a warm start);
+            ``None``: zeros.
+        tolerance: on the largest absolute gradient entry.
+        max_iter: L-BFGS iterations at most.
+
+    Returns:
+        ``(weight (C, D), bias (C,), objective evaluations)``.
+    """
+    dim = features.shape[1]
+    weight = (torch.zeros(num_classes, dim) if init is None else init[0].clone()).requires_grad_()
+    bias = (torch.zeros(num_classes) if init is None else init[1].clone()).requires_grad_()
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter,
+                                  tolerance_grad=tolerance, tolerance_change=1e-9,
+                                  history_size=10, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(F.linear(features, weight, bias), labels)
+        loss = loss + l2 / 2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    evaluations = optimizer.state[optimizer._params[0]]["func_evals"]
+    return weight.detach(), bias.detach(), evaluations
 
 
 @EVALUATORS.register("linear")
 class LinearProbe(Evaluator):
-    """A linear classifier on frozen features, behind a BatchNorm without affine parameters.
+    """A linear classifier on frozen features: standardisation, then L2-penalised
+    multinomial logistic regression fitted to convergence.
 
-    Model: ``BatchNorm1d(D, affine=False)`` then ``Linear(D, C)``, following MAE
-    (He et al., CVPR 2022, Appendix A.2: an extra BatchNorm layer without affine
-    transformation before the linear classifier, which calibrates feature scales
-    that differ widely between methods and layers); see
-    :class:`LinearClassifiers`. Trained with softmax cross-entropy on the cached
-    train features.
-
-    Optimization: SGD with momentum 0.9 and L2 weight decay on the weights (not
-    the biases), mini-batches of ``batch_size`` drawn from in-memory tensors
-    (every batch holds at least ``batch_size`` samples, or all of them, so
-    BatchNorm never sees a batch of one), ``epochs`` epochs but at least
-    ``min_steps`` steps (a small train split such as digits' 1,347 images
-    would get only ~60 steps from 30 epochs), the learning rate decayed by a
-    half-cosine to 0 per step. MAE uses LARS for 90 epochs at batch 16384 on
-    ImageNet; on ≤ 50k small images plain SGD for 30 epochs converges as well
-    (within 0.2 points of an L-BFGS logistic regression on random-init convnet
-    features of digits and CIFAR-10) and takes seconds on a CPU: 18 s for
-    50,000 × 256 features in one thread, grid and final fit included.
+    Model: :class:`Standardizer` (MAE's BatchNorm without affine parameters, He
+    et al., CVPR 2022, Appendix A.2, which calibrates feature scales that differ
+    widely between methods and layers) then ``Linear(D, C)``, trained with
+    softmax cross-entropy plus ``λ/2 · |W|²`` by full-batch L-BFGS
+    (:func:`fit_logistic_regression`), as scikit-learn's ``LogisticRegression``
+    does. A convex problem solved to convergence has one answer, so the probe
+    has no learning rate, schedule or seed to tune, and on ≤ 50k cached features
+    it takes seconds on a CPU. A layer with more dimensions than images is
+    fitted in the span of its rows (:func:`row_space`), which gives the same
+    classifier.
 
     Model selection: the train split is divided by :func:`validation_split`
-    (``val_fraction`` = 10 %, stratified, seeded); one classifier per
-    (learning rate, weight decay) in ``lrs`` × ``weight_decays`` (default
-    {0.01, 0.1, 1} × {0, 1e-4, 1e-3}, which brackets the best settings found
-    on those features) is trained on the rest and scored on the validation
-    part; the setting with the best validation top-1 wins (ties go to the
-    earlier one in grid order, learning rates outer). The classifier is then
-    retrained with that setting on the whole train split and scored on the
-    test split, which takes no part in any choice. The grid is trained in one
-    pass: the BatchNorm has no parameters, so every classifier sees exactly the
-    same normalised mini-batches as it would in a run of its own.
+    (``val_fraction`` = 10 %, stratified, seeded); one classifier per penalty in
+    ``l2s`` (default {1, 0.1, 0.01, 0.001, 0.0001}: the best penalties on
+    random-init and trained convnet features of digits and CIFAR-10, pooled and
+    per layer, lie inside it) is fitted on the rest, strongest penalty first,
+    each starting from the previous solution, and scored on the validation part;
+    the penalty with the best validation top-1 wins (ties: the stronger
+    penalty). The classifier is then refitted with that penalty on the whole
+    train split, starting from the chosen solution, and scored on the test
+    split, which takes no part in any choice.
 
     Args:
-        epochs: passes over the data per fit.
-        min_steps: the fewest optimizer steps per fit.
-        batch_size: mini-batch size.
-        lrs: learning rates of the grid (one value or a sequence).
-        weight_decays: L2 penalties of the grid (one value or a sequence).
-        momentum: SGD momentum.
+        l2s: the penalties λ of the grid (one value or a sequence; each ≥ 0).
         val_fraction: share of the train split held out for model selection.
+        tolerance: convergence threshold on the largest gradient entry.
+        max_iter: L-BFGS iterations per fit at most.
 
     Metrics: ``linear_top1``, ``linear_top5`` (% on test; top-5 is top-min(5, C)),
-    ``linear_val_top1`` (% of the chosen setting on the validation part),
-    ``linear_lr`` and ``linear_wd`` (the chosen setting).
+    ``linear_val_top1`` (% of the chosen penalty on the validation part) and
+    ``linear_l2`` (the chosen penalty).
 
     Raises:
-        OptionError: an option out of range (epochs, min_steps or batch_size < 1,
-            an empty grid, a learning rate ≤ 0, a weight decay < 0, momentum
-            outside [0, 1), val_fraction outside (0, 1), or a value that is not
-            a number).
+        OptionError: an option out of range (an empty grid, a penalty < 0, a
+            tolerance ≤ 0, max_iter < 1, val_fraction outside (0, 1), or a value
+            that is not a number).
     """
 
-
-    def __init__(self, epochs: int = 30, min_steps: int = 1000, batch_size: int = 512,
-                 lrs: float | tuple[float, ...] | list[float] = (0.01, 0.1, 1.0),
-                 weight_decays: float | tuple[float, ...] | list[float] = (0.0, 1e-4, 1e-3),
-                 momentum: float = 0.9, val_fraction: float = 0.1) -> None:
-        epochs, min_steps, batch_size = as_tuple("linear epochs/min_steps/batch_size",
-                                                 (epochs, min_steps, batch_size), int)
-        momentum, val_fraction = as_tuple("linear momentum/val_fraction",
-                                          (momentum, val_fraction), float)
-        lrs, weight_decays = as_tuple("linear lrs", lrs, float), as_tuple(
-            "linear weight_decays", weight_decays, float)
-        if min(epochs, min_steps, batch_size) < 1:
-            raise OptionError(f"linear epochs={epochs}, min_steps={min_steps} and "
-                              f"batch_size={batch_size} must be ≥ 1")
-        if not lrs or min(lrs) <= 0:
-            raise OptionError(f"linear lrs={list(lrs)} is not valid; give one or more values > 0")
-        if not weight_decays or min(weight_decays) < 0:
-            raise OptionError(f"linear weight_decays={list(weight_decays)} is not valid; give "
-                              "one or more values ≥ 0")
-        if not 0.0 <= momentum < 1.0:
-            raise OptionError(f"linear momentum={momentum} is not valid; it must lie in [0, 1)")
+    def __init__(self, l2s: float | tuple[float, ...] | list[float] = (1.0, 0.1, 0.01, 1e-3, 1e-4),
+                 val_fraction: float = 0.1, tolerance: float = 1e-4, max_iter: int = 500) -> None:
+        l2s = as_tuple("linear l2s", l2s, float)
+        val_fraction, tolerance = as_tuple("linear val_fraction/tolerance",
+                                           (val_fraction, tolerance), float)
+        (max_iter,) = as_tuple("linear max_iter", (max_iter,), int)
+        if not l2s or min(l2s) < 0 or not all(map(math.isfinite, l2s)):
+            raise OptionError(f"linear l2s={list(l2s)} is not valid; give one or more finite "
+                              "values ≥ 0")
         if not 0.0 < val_fraction < 1.0:
             raise OptionError(f"linear val_fraction={val_fraction} is not valid; it must lie "
                               "in (0, 1)")
-        self.epochs, self.min_steps, self.batch_size = epochs, min_steps, batch_size
-        self.grid = list(itertools.product(lrs, weight_decays))
-        self.momentum, self.val_fraction = momentum, val_fraction
+        if not tolerance > 0 or max_iter < 1:
+            raise OptionError(f"linear tolerance={tolerance} must be > 0 and max_iter={max_iter} "
+                              "≥ 1")
+        self.l2s = tuple(sorted(set(l2s), reverse=True))
+        self.val_fraction, self.tolerance, self.max_iter = val_fraction, tolerance, max_iter
 
     def evaluate(self, train_features: torch.Tensor, train_labels: torch.Tensor,
                  test_features: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
                  seed: int = 0) -> dict[str, float]:
-        """See :meth:`Evaluator.evaluate`; ``seed`` fixes the validation split and
-        the mini-batch order, so equal inputs give equal metrics.
+        """See :meth:`Evaluator.evaluate`; ``seed`` fixes the validation split, the
+        only random choice, so equal inputs give equal metrics.
 
         Raises:
             DataError: too few train images for a validation split.
@@ -183,63 +214,76 @@ class LinearProbe(Evaluator):
         check_inputs(train_features, train_labels, test_features, test_labels, num_classes)
         train_features, test_features = train_features.float(), test_features.float()
         fit_idx, val_idx = validation_split(train_labels, self.val_fraction, seed)
-        grid = self.fit(train_features[fit_idx], train_labels[fit_idx], num_classes, self.grid,
-                        seed)
-        val_logits = grid(train_features[val_idx])
-        val_top1 = [topk_correct(val_logits[:, i], train_labels[val_idx], 1).float().mean().item()
-                    for i in range(len(self.grid))]
-        best = max(range(len(self.grid)), key=lambda i: (val_top1[i], -i))
-        lr, wd = self.grid[best]
-
-        final = self.fit(train_features, train_labels, num_classes, [(lr, wd)], seed)
-        logits = final(test_features)[:, 0]
+        path = self.fit(train_features[fit_idx], train_labels[fit_idx], num_classes, self.l2s)
+        val_top1 = [topk_correct(classifier(train_features[val_idx]), train_labels[val_idx],
+                                 1).float().mean().item() for classifier in path]
+        best = max(range(len(path)), key=lambda i: (val_top1[i], -i))
+        (final,) = self.fit(train_features, train_labels, num_classes, [self.l2s[best]],
+                            init=path[best])
+        logits = final(test_features)
         return {
             "linear_top1": 100.0 * topk_correct(logits, test_labels, 1).float().mean().item(),
             "linear_top5": 100.0 * topk_correct(logits, test_labels, 5).float().mean().item(),
             "linear_val_top1": 100.0 * val_top1[best],
-            "linear_lr": lr,
-            "linear_wd": wd,
+            "linear_l2": self.l2s[best],
         }
 
-    @torch.enable_grad()
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-            settings: list[tuple[float, float]], seed: int) -> LinearClassifiers:
-        """Train one linear classifier per (learning rate, weight decay) on shared mini-batches.
+            l2s: list[float] | tuple[float, ...], init: "LinearClassifier | None" = None
+            ) -> list["LinearClassifier"]:
+        """Fit one classifier per penalty, in the given order, each warm-started from
+        the previous one (the first from ``init``, or zeros).
 
         Args:
-            features: ``float32`` ``(N, D)``, N ≥ 2.
+            features: ``float32`` ``(N, D)``, raw (standardised here), N ≥ 2.
             labels: ``int64`` ``(N,)``.
             num_classes: C.
-            settings: (learning rate, weight decay) of each classifier.
-            seed: seeds the mini-batch order.
+            l2s: the penalties λ.
+            init: a classifier to start from (e.g. one fitted on a subset).
 
         Returns:
-            The trained classifiers, frozen and in eval mode.
+            One :class:`LinearClassifier` per penalty.
 
         Raises:
-            DataError: fewer than two samples (BatchNorm needs a batch statistic).
+            DataError: fewer than two samples.
         """
-        n, dim = features.shape
+        n = len(features)
         if n < 2:
             raise DataError(f"the linear probe needs at least 2 labelled train images, got {n}")
-        model = LinearClassifiers(dim, num_classes, len(settings), features.std().item() or 1.0)
-        lr, wd = torch.tensor(settings).T
-        # SGD at lr 1 on Σ_g lr_g · (CE_g + wd_g/2 · |W_g|²) makes exactly the updates of
-        # a separate SGD with lr_g and weight decay wd_g (on W_g) for each classifier g.
-        optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=self.momentum)
-        num_batches = max(1, n // self.batch_size)
-        epochs = max(self.epochs, math.ceil(self.min_steps / num_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * num_batches)
-        generator = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
-            for batch in order.tensor_split(num_batches):
-                logits, y = model(features[batch]), labels[batch].repeat_interleave(len(settings))
-                ce = F.cross_entropy(logits.flatten(0, 1), y, reduction="none")
-                ce = ce.view(len(batch), len(settings)).mean(dim=0)
-                loss = (lr * (ce + wd / 2 * model.weight.square().sum(dim=(1, 2)))).sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-        return model.eval().requires_grad_(False)
+        standardize = Standardizer(features)
+        z = standardize(features)                                   # (N, D)
+        basis = row_space(z)                                        # (D, N) or None
+        if basis is not None:
+            z = z @ basis                                           # (N, N)
+        start = None if init is None else init.coordinates(basis)
+        classifiers = []
+        for l2 in l2s:
+            weight, bias, _ = fit_logistic_regression(z, labels, num_classes, l2, start,
+                                                      self.tolerance, self.max_iter)
+            start = (weight, bias)
+            full_weight = weight if basis is None else weight @ basis.T  # (C, D)
+            classifiers.append(LinearClassifier(standardize, full_weight, bias))
+        return classifiers
+
+
+class LinearClassifier:
+    """A fitted probe: :class:`Standardizer` then ``Linear(D, C)``.
+
+    Args:
+        standardize: the fitted standardisation.
+        weight: ``float32`` ``(C, D)``, acting on standardised features.
+        bias: ``float32`` ``(C,)``.
+    """
+
+    def __init__(self, standardize: Standardizer, weight: torch.Tensor,
+                 bias: torch.Tensor) -> None:
+        self.standardize, self.weight, self.bias = standardize, weight, bias
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, C)`` of raw features ``(n, D)``."""
+        return F.linear(self.standardize(features.float()), self.weight, self.bias)
+
+    def coordinates(self, basis: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights ``(C, D)`` — or ``(C, N)`` in a row-space ``basis`` ``(D, N)`` —
+        and bias, to warm-start another fit."""
+        return (self.weight if basis is None else self.weight @ basis), self.bias

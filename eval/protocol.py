@@ -15,8 +15,8 @@
   held-out split of the labelled train images); ``layer_best_linear_top1`` is
   that layer's test top-1, ``layer_last_linear_top1`` the deepest layer's.
 
-Every probe picks its learning rate and weight decay on a validation split of
-its own labelled train images (see :class:`eval.linear.LinearProbe`); the test
+Every probe picks its L2 penalty on a validation split of its own labelled
+train images (see :class:`eval.linear.LinearProbe`); the test
 split takes part in no choice: not the probe settings, not the low-shot
 settings, not the layer.
 """
@@ -83,10 +83,10 @@ class Evaluation:
 
     Attributes:
         metrics: flat metrics: accuracies in %, each probe's chosen settings
-            (``linear_lr``, ``linear_wd``, ``linear_val_top1``; low-shot ones end
+            (``linear_l2``, ``linear_val_top1``; low-shot ones end
             in ``_<p>pct``), ``layer_best_linear_top1``, ``layer_last_linear_top1``.
         layers: one record per probed layer: ``{"name", "depth" (1-based), "dims",
-            "linear_top1", "linear_val_top1", "linear_lr", …}``.
+            "linear_top1", "linear_val_top1", "linear_l2", …}``.
         layer_best: the name of the layer with the best validation top-1 (None
             without per-layer probes).
     """

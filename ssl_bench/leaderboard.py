@@ -89,9 +89,10 @@ def _numbers(values: dict | None, prefix: str = "") -> dict[str, float]:
 
 
 def is_choice(column: str) -> bool:
-    """Whether a column is a setting a probe chose (``linear_lr``, ``linear_wd_10pct``):
-    recorded per run, not averaged."""
-    return re.search(r"_(lr|wd)(_|$)", column) is not None
+    """Whether a column is a setting a probe chose (``linear_l2``, ``linear_l2_10pct``;
+    ``linear_lr`` and ``linear_wd`` of runs made with the earlier SGD probe): recorded
+    per run, not averaged."""
+    return re.search(r"_(l2|lr|wd)(_|$)", column) is not None
 
 
 def _gains(final: dict[str, float], step0: dict[str, float], prefix: str = "") -> dict:

@@ -48,3 +48,29 @@ def smooth_images(n: int, spec: DataSpec, seed: int = 0) -> torch.Tensor:
     coarse = torch.rand(n, spec.channels, 4, 4, generator=g)
     return torch.nn.functional.interpolate(coarse, size=spec.image_size, mode="bilinear",
                                            align_corners=False)
+
+
+def digits_random_init_features() -> dict:
+    """Fixed real features for probe checks: the pooled output and the deepest stage
+    (pooled to ≤ 4096 dims) of a seed-0 random-init convnet on scikit-learn's digits
+    (1,347 train and 450 test images, 10 classes)."""
+    from eval.features import extract_features_and_stages
+    from ssl_bench.datasets import load_dataset
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    task = build_task("random-init", "convnet", data.spec()).eval()
+    (train, train_stages), (test, test_stages) = (
+        extract_features_and_stages(task.features_and_stages, images)
+        for images in (data.train_images, data.test_images))
+    return {"pooled": (train, test), "stage": (train_stages[-1], test_stages[-1]),
+            "train_labels": data.train_labels, "test_labels": data.test_labels}
+
+
+def sklearn_reference(features, labels, l2):
+    """scikit-learn's L-BFGS logistic regression of the same objective, in float64, run
+    to a tight tolerance: C = 1 / (λ N) turns its summed loss into our mean loss."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1.0 / (l2 * len(features)), tol=1e-10, max_iter=100_000)
+    return model.fit(features.double().numpy(), labels.numpy())

@@ -75,8 +75,8 @@ def test_protocol_reports_full_lowshot_and_per_layer_metrics():
     train_x, train_y = _blobs(100)
     test_x, test_y = _blobs(25, seed=1)
     noise = torch.randn_like(train_x), torch.randn_like(test_x)  # a layer without signal
-    protocol = Protocol({"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe(min_steps=100)},
-                        lowshot={"10pct": 40}, layer_probe=LinearProbe(min_steps=100))
+    protocol = Protocol({"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe()},
+                        lowshot={"10pct": 40}, layer_probe=LinearProbe())
     result = protocol.evaluate(train_x, train_y, test_x, test_y, 4, seed=0,
                                train_stages=[noise[0], train_x], test_stages=[noise[1], test_x],
                                stage_names=["noise", "signal"])
@@ -107,8 +107,8 @@ def test_shuffled_test_labels_change_no_choice():
     test_x, test_y = _blobs(25, seed=1)
     weak = train_x[:, :2] + 3 * torch.randn(len(train_x), 2), test_x[:, :2] + 3 * torch.randn(
         len(test_x), 2)  # a weaker layer, so the layer choice is not trivial
-    protocol = Protocol({"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe(min_steps=50)},
-                        lowshot={"20pct": 48}, layer_probe=LinearProbe(min_steps=50))
+    protocol = Protocol({"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe()},
+                        lowshot={"20pct": 48}, layer_probe=LinearProbe())
     runs = [protocol.evaluate(train_x, train_y, test_x, labels, 4, seed=0,
                               train_stages=[train_x, weak[0]], test_stages=[test_x, weak[1]],
                               stage_names=["strong", "weak"])
