@@ -87,6 +87,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                    help="parent folder of run directories (default: %(default)s)")
     p.add_argument("--device", default=_default("device"),
                    help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--precision", default=_default("precision"),
+                   help="auto | fp32 | bf16: bf16 autocast for pretraining and feature "
+                        "extraction; auto picks bf16 where the device computes it natively "
+                        "(CUDA, CPUs with AVX512-BF16 or AMX) (default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the task's modules with torch.compile (slow first steps)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="task_options",
                    help="override a task hyperparameter (repeatable; `ssl-bench list` shows them)")
     p.add_argument("--backbone-opt", action="append", metavar="KEY=VALUE",
@@ -158,7 +164,8 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
         eval_train_subset=args.eval_train_subset, test_subset=args.test_subset,
         lowshot=list(args.lowshot), layer_probes=not args.no_layer_probes,
         step0=not args.no_step0, bn_recalibrate=args.bn_recalibrate,
-        layer_dims=args.layer_dims, out=args.out, device=args.device,
+        layer_dims=args.layer_dims, out=args.out, device=args.device, precision=args.precision,
+        compile=args.compile,
         task_options=_key_values(args.task_options, "--set"), backbone_options=backbone_options,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, evaluators=args.evaluators,

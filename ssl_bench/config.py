@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 
 from ssl_bench.core.errors import OptionError
+from ssl_bench.core.precision import PRECISIONS
 from ssl_bench.core.rundir import CONFIG
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
-                "eval_batch_size", "step0", "tuned"}
+                "eval_batch_size", "step0", "tuned", "compile"}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 # A run name is one path component inside --out: never '.', '..', a separator or hidden.
@@ -51,6 +52,10 @@ class RunConfig:
         seed: seeds weights, batch order, corruptions and the subset.
         out: parent folder of run directories.
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto``, ``fp32`` or ``bf16`` for pretraining and feature
+            extraction (see :mod:`ssl_bench.core.precision`; ``auto``: bf16 where the
+            device computes it natively).
+        compile: compile the task's modules with ``torch.compile``.
         resume, overwrite: continue an existing run / delete it and start afresh.
         task_options: ``--set key=value`` task hyperparameters.
         backbone_options: ``--backbone-opt key=value`` backbone settings.
@@ -85,6 +90,8 @@ class RunConfig:
     seed: int = 0
     out: str = "runs"
     device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
     resume: bool = False
     overwrite: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +119,9 @@ class RunConfig:
                 raise OptionError(f"{option} must be at least {low}, got {value}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise OptionError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                              f"{self.precision!r}")
         if not self.lr_scale > 0 or self.lr_scale == float("inf"):
             raise OptionError(f"--lr-scale must be a positive number, got {self.lr_scale}")
         if self.resume and self.overwrite:

@@ -47,12 +47,14 @@ class EvalData:
 @dataclass
 class EvalSettings:
     """How features are extracted: ``batch_size`` images per pass, per-layer stage
-    features when ``layer_probes`` (each pooled to at most ``layer_dims``), and with
-    BatchNorm statistics re-estimated on clean train images when ``bn_recalibrate``."""
+    features when ``layer_probes`` (each pooled to at most ``layer_dims``), under
+    bf16 autocast when ``precision`` is ``"bf16"``, and with BatchNorm statistics
+    re-estimated on clean train images when ``bn_recalibrate``."""
 
     batch_size: int
     layer_probes: bool
     layer_dims: int
+    precision: str = "fp32"
     bn_recalibrate: bool = False
 
 
@@ -122,7 +124,7 @@ def evaluate_frozen(task: PretextTask, data: EvalData, protocol: Protocol,
 def _encode(task: PretextTask, images: torch.Tensor, settings: EvalSettings,
             device: torch.device, split: str) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Frozen pooled features (and per-stage features when layer probes are on)."""
-    autocast = torch.bfloat16 if device.type == "cuda" else None
+    autocast = torch.bfloat16 if settings.precision == "bf16" else None
     if not settings.layer_probes:
         return extract_features(task.features, images, settings.batch_size, device, autocast,
                                 progress=f"{split} features"), None

@@ -21,6 +21,7 @@ from ssl_bench.config import RunConfig, config_id, recorded_differences, run_nam
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
+from ssl_bench.core.precision import resolve_precision
 from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
                                    atomic_torch_save, atomic_write_json, atomic_write_yaml,
@@ -134,6 +135,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                           "row; give --epochs ≥ 1 (--task random-init is the untrained "
                           "reference)")
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     data, idx, protocol, eval_data = _prepare(config, evaluators)
     spec = data.spec()
     train_idx, eval_idx, test_idx = idx
@@ -149,7 +151,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     settings = {**config.to_dict(), "task_options": options_to_dict(task.options),
                 "optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims]}
     config_key = config_id({**settings, "epochs": epochs})
-    _announce(config, data, idx, protocol)
+    _announce(config, data, idx, protocol, device, precision)
     # Only now, with every input checked, touch the run directory.
     if config.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -162,14 +164,16 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                  "eval_train_images": len(eval_idx), "test_images": len(test_idx),
                  "lowshot_labels": protocol.lowshot, "channels": spec.channels,
                  "image_size": spec.image_size, "num_classes": data.num_classes},
-        "device_resolved": str(device), "versions": versions(), "git_commit": git_commit(),
+        "device_resolved": str(device), "precision_resolved": precision,
+        "versions": versions(), "git_commit": git_commit(),
     })
 
     trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
                       TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
-                      labels=data.train_labels[train_idx])
+                      labels=data.train_labels[train_idx], precision=precision,
+                      compile=config.compile)
     eval_settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
-                                 config.bn_recalibrate)
+                                 precision, config.bn_recalibrate)
 
     def evaluate() -> tuple[dict[str, Any], torch.Tensor]:
         return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device)
@@ -208,7 +212,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                  "backbone_params": count_parameters(task.backbone),
                  "task_params": count_parameters(task),
                  "backbone_gflops_per_image": backbone_gflops(task, spec, device),
-                 "feature_dim": int(test_x.shape[1]), "device": str(device)},
+                 "feature_dim": int(test_x.shape[1]), "device": str(device),
+                 "precision": precision},
         "summary": task.summary(), "config": settings, "command": config.command,
         "figures": figures, "feature_sample": sample,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -238,7 +243,7 @@ def _prepare(config: RunConfig, evaluators: dict) -> tuple[ImageData, tuple[torc
 
 
 def _announce(config: RunConfig, data: ImageData, idx: tuple[torch.Tensor, ...],
-              protocol: Protocol) -> None:
+              protocol: Protocol, device: torch.device, precision: str) -> None:
     """One line on stderr of what the run uses, and a warning for each low-shot
     percentage left out."""
     dropped = [f"{p:g}%" for p in config.lowshot if lowshot_key(p) not in protocol.lowshot]
@@ -249,7 +254,8 @@ def _announce(config: RunConfig, data: ImageData, idx: tuple[torch.Tensor, ...],
     print(f"data: {data.name}, {len(train_idx):,} pretraining / {len(eval_idx):,} labelled / "
           f"{len(test_idx):,} test images, {data.num_classes} classes, {data.image_size} px, "
           f"{data.channels} channel(s); evaluators {', '.join(protocol.evaluators)}"
-          f"{', layer probes' if config.layer_probes else ''}", file=sys.stderr)
+          f"{', layer probes' if config.layer_probes else ''}; {device}, {precision}",
+          file=sys.stderr)
 
 
 def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
@@ -281,8 +287,10 @@ def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
         except (RuntimeError, KeyError) as exc:
             raise DataError(f"{run_dir / CHECKPOINT} does not fit task {config.task!r} as this "
                             f"version builds it ({exc.__class__.__name__})") from None
+    # runs made before --precision extracted features in bf16 on CUDA only
+    precision = stored.get("precision_resolved") or ("bf16" if device.type == "cuda" else "fp32")
     settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
-                            bn_recalibrate)
+                            precision, bn_recalibrate)
     record, _ = evaluate_frozen(task, eval_data, protocol, settings, config.seed, device)
     return record
 

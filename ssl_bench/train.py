@@ -1,11 +1,13 @@
 """The training loop shared by every pretext task.
 
-One loop serves all tasks: it draws seeded batches of uint8 images, converts and
-flips them as whole tensors, calls ``task.training_step`` (which steps however
+One loop serves all tasks: the uint8 train split lives on the device, and each
+step indexes a seeded batch there, converts and flips it as one tensor (channels
+last), calls ``task.training_step`` under the run's precision (which steps however
 many optimizers the task has) and steps one warm-up + cosine scheduler per
-optimizer. It checkpoints every epoch and on Ctrl-C, and resumes bit-for-bit on
-CPU: the batch order of an epoch derives from (seed, epoch), and the global RNG
-states travel in the checkpoint.
+optimizer. Nothing in a step waits for the device: the loss is checked for NaN/inf
+on the device and read back only every ``log_every`` steps. It checkpoints every
+epoch and on Ctrl-C, and resumes bit-for-bit on CPU: the batch order of an epoch
+derives from (seed, epoch), and the global RNG states travel in the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ssl_bench.core.errors import Diverged, Interrupted, SslBenchError
 from ssl_bench.core.images import random_hflip, to_float
+from ssl_bench.core.precision import autocast
 from ssl_bench.core.rundir import (CHECKPOINT, METRICS, append_jsonl, atomic_torch_save,
                                    atomic_write_text)
 from tasks.base import OptimConfig, PretextTask
@@ -137,24 +140,36 @@ class Trainer:
 
     Args:
         task: the pretext task (moved to ``device`` by the caller).
-        images: the train split, ``uint8`` ``(N, C, H, W)`` on the CPU.
+        images: the train split, ``uint8`` ``(N, C, H, W)``; moved to ``device`` once.
         labels: ``int64`` ``(N,)`` class indices, given to tasks that set
             ``uses_labels`` (the ``supervised`` reference) and to no other.
         hflip: flip batches horizontally at random (natural images only).
         config: loop settings.
         optims: one :class:`OptimConfig` per optimizer of the task.
         run_dir: where ``metrics.jsonl`` and ``checkpoint.pt`` go.
-        device: where the steps run; bf16 autocast on CUDA.
+        device: where the steps run.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; see :mod:`ssl_bench.core.precision`).
+        compile: compile the task's modules with ``torch.compile`` (their weights,
+            and so checkpoints, are unchanged).
+
+    The task's modules are put in channels-last memory format, the faster layout
+    for convolutions on CPUs and GPUs; checkpoints hold the same values either way.
     """
 
     def __init__(self, task: PretextTask, images: torch.Tensor, hflip: bool, config: TrainConfig,
                  optims: list[OptimConfig], run_dir: Path, device: torch.device,
-                 labels: torch.Tensor | None = None) -> None:
+                 labels: torch.Tensor | None = None, precision: str = "fp32",
+                 compile: bool = False) -> None:
         if task.uses_labels and labels is None:
             raise SslBenchError(f"task {task.name!r} trains with labels but none were given")
-        self.task, self.images, self.hflip, self.config = task, images, hflip, config
-        self.labels = labels if task.uses_labels else None
-        self.run_dir, self.device = Path(run_dir), device
+        self.task, self.hflip, self.config = task, hflip, config
+        self.images = images.to(device)  # uint8 on the device: CIFAR-10's is 150 MB
+        self.labels = labels.to(device) if task.uses_labels else None
+        self.run_dir, self.device, self.precision = Path(run_dir), device, precision
+        task.to(memory_format=torch.channels_last)
+        if compile:
+            for module in task.children():
+                module.compile()
         self.batch_size = min(config.batch_size, len(images))
         self.steps_per_epoch = max(1, len(images) // self.batch_size)  # drop the last partial batch
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -221,9 +236,9 @@ class Trainer:
 
     def _batch(self, order: torch.Tensor, b: int) -> tuple[torch.Tensor, dict]:
         """Images of batch ``b`` of the epoch, and ``{"labels": …}`` for label tasks."""
-        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-        x = to_float(self.images[idx].to(self.device, non_blocking=True))
-        extra = {} if self.labels is None else {"labels": self.labels[idx].to(self.device)}
+        idx = order[b * self.batch_size:(b + 1) * self.batch_size]  # (B,) on the device
+        x = to_float(self.images[idx]).contiguous(memory_format=torch.channels_last)
+        extra = {} if self.labels is None else {"labels": self.labels[idx]}
         return (random_hflip(x) if self.hflip else x), extra
 
     def fit(self, resume: bool = False) -> TrainStats:
@@ -247,20 +262,19 @@ class Trainer:
         # the first step whose loss was not finite (0: none yet), kept on the device so
         # the check needs no host sync per step
         self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
         self.task.train()
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    desc=f"{self.task.name} pretraining", disable=None)
         with _StopOnSigint() as stop:
             try:
                 while self.epoch < self.config.epochs:
-                    order = epoch_order(len(self.images), self.config.seed, self.epoch)
+                    order = epoch_order(len(self.images), self.config.seed,
+                                        self.epoch).to(self.device)
                     window_start, window_images = time.perf_counter(), 0
                     while self.batch < self.steps_per_epoch:
                         t0 = time.perf_counter()
                         x, extra = self._batch(order, self.batch)
-                        with autocast:
+                        with autocast(self.precision, self.device):
                             logs = self.task.training_step(x, self.optimizers, **extra)
                         self._note_nonfinite(logs.get("loss"), self.step + 1)
                         for sched in self.schedulers:

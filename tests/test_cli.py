@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+import yaml
 
 from ssl_bench.cli import main
 
@@ -102,3 +104,21 @@ def test_list_shows_every_kind(capsys):
     for word in ("tasks:", "jigsaw", "denoising", "random-init", "backbones:", "timm:<name>",
                  "datasets:", "imagefolder:<path>", "evaluators:", "knn", "linear"):
         assert word in out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_is_recorded_and_trains(tmp_path, precision):
+    out = tmp_path / "runs"
+    argv = ["run", "--task", "denoising", "--epochs", "1", "--train-subset", "512",
+            "--batch-size", "32", "--warmup-epochs", "0", "--out", str(out), "--evaluators",
+            "knn", "--no-layer-probes", "--precision", precision]
+    assert main(argv) == 0
+    (run,) = out.iterdir()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert config["precision"] == precision and config["precision_resolved"] == precision
+    assert results["cost"]["precision"] == precision
+    metrics = (run / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in metrics]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert results["pretext"]["psnr_db"] > results["step0"]["pretext"]["psnr_db"]

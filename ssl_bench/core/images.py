@@ -13,8 +13,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of a ``(N, C, H, W)`` batch horizontally with probability ½."""
-    flip = torch.rand(images.shape[0], generator=generator, device="cpu") < 0.5
-    flip = flip.to(images.device)
+    # drawn on the images' device: a host-to-device copy per batch would wait for the device
+    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 

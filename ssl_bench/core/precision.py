@@ -1,0 +1,59 @@
+"""Numeric precision of pretraining and feature extraction: fp32, or bf16 autocast.
+
+``bf16`` runs the forward passes under ``torch.autocast`` with ``torch.bfloat16``:
+matmuls and convolutions compute in bf16 (fp32 accumulation), while parameters,
+gradients, optimizer state and the losses autocast keeps in fp32 (softmax,
+cross-entropy, reductions) stay fp32. ``auto`` picks bf16 where the hardware
+computes it natively — any CUDA device that supports it, and CPUs with AVX512-BF16
+or AMX — and fp32 elsewhere, where emulated bf16 would be slower than fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from ssl_bench.core.errors import OptionError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module
+    import torch
+
+#: Values of ``--precision``.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16 support; a CPU
+    with AVX512-BF16 or AMX tiles)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # private probes of torch.cpu (torch ≥ 2.3); without them, assume emulated bf16
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``--precision`` ``precision`` on ``device``.
+
+    Raises:
+        OptionError: ``precision`` not one of :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise OptionError(f"--precision {precision!r} is not valid; choose one of "
+                          f"{', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved ``precision`` (``"fp32"``: none)."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
