@@ -212,8 +212,10 @@ class PretextTask(nn.Module):
             images: ``(N, C, H, W)`` float in [0, 1].
 
         Returns:
-            A scalar loss tensor and detached values to log, named in the
-            module's log vocabulary.
+            A scalar loss tensor and detached one-element tensors to log, named in
+            the module's log vocabulary; not Python floats, whose reading would make
+            the host wait for the device every step (the trainer reads them every
+            ``log_every`` steps).
         """
         raise NotImplementedError
 

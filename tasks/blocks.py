@@ -1,9 +1,11 @@
 """Building blocks that several pretext tasks share, one meaning per name: the
 convolutional decoder (from a feature map or from a latent vector), PSNR, two
-per-sample standardisations and square crops. This module registers no task."""
+per-sample standardisations, square crops and constant tensors kept on each device.
+This module registers no task."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -11,6 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 DECODER_MIN_SIDE = 4  # side of a latent decoder's first feature map (DCGAN starts at 4×4)
+
+
+@functools.lru_cache(maxsize=64)
+def device_tensor(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The constant ``torch.tensor(values)`` on ``device`` as ``dtype``, built on the first
+    call for that (values, device, dtype) and the same tensor afterwards: a tensor built
+    from Python data is copied to an accelerator with a blocking copy, which a training
+    step must not wait for. ``values``: numbers, or nested tuples of numbers (hashable).
+    Read-only: callers must not modify it in place."""
+    with torch.inference_mode(False):  # a normal tensor even if first asked for in inference
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 def normalization(channels: int, norm: bool) -> list[nn.Module]:

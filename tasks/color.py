@@ -14,12 +14,14 @@ import math
 import torch
 
 from tasks.ab_bins_313 import AB_BINS_313
+from tasks.blocks import device_tensor
 
 # sRGB primaries with the D65 white point, linear RGB → XYZ (IEC 61966-2-1).
-_RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
-                            [0.2126729, 0.7151522, 0.0721750],
-                            [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
-_XYZ_TO_RGB = torch.linalg.inv(_RGB_TO_XYZ)
+_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
+               (0.2126729, 0.7151522, 0.0721750),
+               (0.0193339, 0.1191920, 0.9503041))
+_XYZ_TO_RGB = tuple(map(tuple, torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64))
+                        .tolist()))
 _D65_WHITE = (0.95047, 1.0, 1.08883)
 _DELTA = 6.0 / 29.0  # where CIE's f(t) switches from linear to cube root
 ZHANG_GRID = 10.0  # ab bin side of the released 313 bins (Zhang et al. 2016, §2.1)
@@ -30,9 +32,10 @@ def _full_precision(x: torch.Tensor) -> torch.autocast:
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Apply the 3×3 matrix ``m`` to the channel axis of ``(N, 3, H, W)`` ``x``."""
-    return torch.einsum("ij,njhw->nihw", m.to(x.device, x.dtype), x)
+def _mix(m: tuple, x: torch.Tensor) -> torch.Tensor:
+    """Apply the 3×3 matrix ``m`` (nested tuples) to the channel axis of ``(N, 3, H, W)``
+    ``x``."""
+    return torch.einsum("ij,njhw->nihw", device_tensor(m, x.device, x.dtype), x)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -52,7 +55,7 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     with _full_precision(rgb):
         c = rgb.float().clamp(0, 1)
         linear = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-        white = torch.tensor(_D65_WHITE, device=c.device).view(1, 3, 1, 1)
+        white = device_tensor(_D65_WHITE, c.device, c.dtype).view(1, 3, 1, 1)
         t = _mix(_RGB_TO_XYZ, linear) / white
         f = torch.where(t > _DELTA ** 3, t.clamp_min(_DELTA ** 3) ** (1 / 3),
                         t / (3 * _DELTA ** 2) + 4 / 29)
@@ -74,7 +77,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
         fy = (lab[:, 0] + 16) / 116
         f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], dim=1)
         t = torch.where(f > _DELTA, f ** 3, 3 * _DELTA ** 2 * (f - 4 / 29))
-        white = torch.tensor(_D65_WHITE, device=lab.device).view(1, 3, 1, 1)
+        white = device_tensor(_D65_WHITE, lab.device, lab.dtype).view(1, 3, 1, 1)
         linear = _mix(_XYZ_TO_RGB, t * white).clamp(0, 1)
         rgb = torch.where(linear <= 0.0031308, 12.92 * linear,
                           1.055 * linear.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
@@ -225,10 +228,10 @@ def rebalance_weights(counts: torch.Tensor, centres: torch.Tensor, mix: float = 
         centres: ``(Q, 2)`` float bin centres.
 
     Returns:
-        ``(Q,)`` float32 weights; all 1 while ``counts`` is empty.
+        ``(Q,)`` float32 weights; all 1 while ``counts`` is empty (chosen on the device:
+        no host read of the total).
     """
-    if float(counts.sum()) <= 0:
-        return torch.ones(len(centres), device=centres.device)
-    smooth = smoothed_distribution(counts, centres, sigma)  # (Q,)
+    smooth = smoothed_distribution(counts, centres, sigma)  # (Q,), NaN while empty
     weight = 1.0 / ((1 - mix) * smooth + mix / len(centres))  # (Q,)
-    return (weight / (smooth * weight).sum()).float()
+    weight = (weight / (smooth * weight).sum()).float()  # (Q,)
+    return torch.where(counts.sum() > 0, weight, torch.ones_like(weight))  # (Q,)

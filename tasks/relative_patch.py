@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import option
-from tasks.blocks import center_channels, crop_squares
+from tasks.blocks import center_channels, crop_squares, device_tensor
 
 # (row, column) offset of each neighbour from the centre patch, by label (paper's Fig. 2).
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -73,7 +74,7 @@ def sample_grid(images: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor,
     g, (n, c, height, width), device = geometry, images.shape, images.device
     low, high = g.jitter, min(height, width) - g.span - g.jitter
     origin = torch.randint(low, high + 1, (n, 1, 2), device=device)            # (N, 1, 2)
-    cells = torch.tensor(((0, 0),) + NEIGHBOUR_OFFSETS, device=device) + 1     # (9, 2)
+    cells = device_tensor(((0, 0),) + NEIGHBOUR_OFFSETS, device, torch.int64) + 1  # (9, 2)
     jitter = torch.randint(-g.jitter, g.jitter + 1, (n, 9, 2), device=device)  # (N, 9, 2)
     corners = origin + cells * (g.patch + g.gap) + jitter                      # (N, 9, 2)
     corners = corners[:, :, None].expand(n, 9, c, 2)                           # (N, 9, C, 2)
@@ -97,9 +98,26 @@ def drop_color(patches: torch.Tensor, noise_ratio: float) -> torch.Tensor:
 def project_color(patches: torch.Tensor) -> torch.Tensor:
     """Projection (§3.1): remove from each pixel of ``(M, 3, p, p)`` RGB patches its
     component along the green–magenta axis (−1, 2, −1)/√6."""
-    axis = torch.tensor(GREEN_MAGENTA, device=patches.device, dtype=patches.dtype)
+    axis = device_tensor(GREEN_MAGENTA, patches.device, patches.dtype)          # (3,)
     axis = (axis / axis.norm()).view(1, 3, 1, 1)                                # (1, 3, 1, 1)
     return patches - (patches * axis).sum(dim=1, keepdim=True) * axis           # (M, 3, p, p)
+
+
+@functools.lru_cache(maxsize=16)
+def pixelation_operators(p: int, low: int, device: torch.device) -> torch.Tensor:
+    """``(p − low, p, p)`` float32 on ``device``: entry ``s − low`` is the linear map of a
+    line of p pixels area-downsampled to s, then linearly upsampled back to p
+    (``align_corners=False``). Both resamplings are separable, so pixelating a
+    ``(p, p)`` patch to side s is ``A X Aᵀ``. Built once per (p, low, device), in float64
+    on the device itself (nothing copied from the host)."""
+    with torch.inference_mode(False):  # a normal tensor even if first asked for in inference
+        eye = torch.eye(p, dtype=torch.float64, device=device)[:, None]         # (p, 1, p)
+        maps = []
+        for side in range(low, p):
+            down = F.interpolate(eye, size=side, mode="area")                   # (p, 1, s)
+            up = F.interpolate(down, size=p, mode="linear", align_corners=False)  # (p, 1, p)
+            maps.append(up[:, 0].T)                                             # (p, p)
+        return torch.stack(maps).float()                                        # (p − low, p, p)
 
 
 def pixelate(patches: torch.Tensor, prob: float, min_area: float) -> torch.Tensor:
@@ -107,19 +125,18 @@ def pixelate(patches: torch.Tensor, prob: float, min_area: float) -> torch.Tenso
     back (§3.1: "as little as 100 total pixels" of a 96 px patch, ``min_area`` ≈ 1.1 %)
     against sampling-artefact shortcuts. Reduced side: uniform in ``round(p √min_area)``
     …``p − 1``, at least 2 px so small patches keep some structure; area down,
-    bilinear up; one loop step per distinct side (at most p)."""
+    bilinear up, as one batched product with each patch's side's
+    :func:`pixelation_operators` (float32, also under autocast). Same shape and dtype."""
     m, p = patches.shape[0], patches.shape[-1]
     low = max(2, round(p * math.sqrt(min_area)))
     if prob == 0 or low >= p:
         return patches
     chosen = torch.rand(m, device=patches.device) < prob                        # (M,)
     sides = torch.randint(low, p, (m,), device=patches.device)                  # (M,)
-    out = patches.clone()                                                       # (M, C, p, p)
-    for side in sides[chosen].unique().tolist():
-        which = chosen & (sides == side)                                        # (M,)
-        small = F.interpolate(patches[which], size=(side, side), mode="area")   # (m, C, s, s)
-        out[which] = F.interpolate(small, size=(p, p), mode="bilinear", align_corners=False)
-    return out
+    with torch.autocast(patches.device.type, enabled=False):
+        ops = pixelation_operators(p, low, patches.device)[sides - low]         # (M, p, p)
+        pixelated = torch.einsum("mij,mcjk,mlk->mcil", ops, patches.float(), ops)  # A X Aᵀ
+    return torch.where(chosen.view(m, 1, 1, 1), pixelated.to(patches.dtype), patches)
 
 
 @TASKS.register("relative-patch")

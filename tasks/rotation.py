@@ -32,15 +32,20 @@ def check_rotations(rotations: tuple[int, ...]) -> None:
 def rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Each image ``(C, H, W)`` of ``(N, C, H, W)`` turned by its angle ``(N,)`` (int
     degrees, multiples of 90) counter-clockwise as displayed: ``torch.rot90`` from the
-    row axis towards the column axis, one call per distinct angle. Exact: pixels are
-    permuted, never interpolated. Same shape and dtype; images must be square unless
-    every angle is 0 or 180."""
+    row axis towards the column axis. Exact: pixels are permuted, never interpolated.
+    One gather for the whole batch, each image through the pixel order of its turn, so
+    nothing waits for the angles' values. Same shape and dtype. Images must be square
+    unless every angle is 0 or 180: a quarter turn of a non-square image has no pixel
+    order of its shape, and gathering it fails (RuntimeError)."""
+    n, c, height, width = images.shape
     turns = torch.remainder(angles // 90, 4)                              # (N,) in 0…3
-    out = images.clone()                                                  # (N, C, H, W)
-    for k in turns.unique().tolist():
-        chosen = turns == k                                               # (N,)
-        out[chosen] = torch.rot90(images[chosen], k, dims=(-2, -1))       # (n_k, C, H, W)
-    return out
+    pixels = torch.arange(height * width, device=images.device).view(height, width)
+    absent = torch.full((height * width,), height * width, device=images.device)
+    orders = torch.stack([  # (4, H·W): the source pixel of each output pixel, per turn
+        torch.rot90(pixels, k, dims=(0, 1)).flatten() if k % 2 == 0 or height == width
+        else absent for k in range(4)])
+    source = orders[turns][:, None].expand(n, c, -1)                      # (N, C, H·W)
+    return images.flatten(2).gather(2, source).view_as(images)            # (N, C, H, W)
 
 
 @TASKS.register("rotation")
@@ -112,7 +117,7 @@ class Rotation(PretextTask):
             IncompatibleError: non-square images and a quarter turn among the rotations.
         """
         n, _, height, width = images.shape
-        if height != width and any(angle % 180 for angle in self.angles.tolist()):
+        if height != width and any(angle % 180 for angle in self.options.rotations):
             raise IncompatibleError(f"task 'rotation' needs square images to turn them by "
                                     f"90°; got {height}×{width} px")
         k = len(self.angles)

@@ -210,7 +210,9 @@ class SplitBrain(PretextTask):
             per_pixel = F.cross_entropy(ab_logits, ab_target, reduction="none")  # (N, s, s)
         if self.options.rebalance:
             if self.training and torch.is_grad_enabled():  # training images only
-                self.ab_counts += torch.bincount(ab_target.flatten(), minlength=len(self.ab_counts))
+                bins = ab_target.flatten()  # (N·s·s,)
+                # index_add_, not bincount: CUDA's bincount reads the largest index on the host
+                self.ab_counts.index_add_(0, bins, torch.ones_like(bins, dtype=torch.float64))
             weights = rebalance_weights(self.ab_counts, self.ab_centres, MIX, SIGMA)  # (K_ab,)
             per_pixel = per_pixel * weights[ab_target]  # (N, s, s)
         return per_pixel.mean()

@@ -28,11 +28,20 @@ def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return distances.argmin(dim=1)  # (M,)
 
 
+def code_counts(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """How often each of K = ``num_codes`` codes occurs in ``codes`` (any shape, int64 in
+    0…K − 1); ``(K,)`` float32, exact up to 2²⁴ per code. A scatter-add, not ``bincount``,
+    whose CUDA kernel reads the largest code on the host."""
+    flat = codes.flatten()  # (M,)
+    counts = torch.zeros(num_codes, device=codes.device)  # (K,)
+    return counts.index_add_(0, flat, torch.ones_like(flat, dtype=counts.dtype))  # (K,)
+
+
 def code_perplexity(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
     """exp of the entropy (nats) of the average code usage p̄_k = count_k / M of
     ``codes`` (any shape, int64 in 0…K − 1): K when all K codes are used equally
     often, 1 when a single code is; a scalar float32 (0·log 0 = 0)."""
-    counts = torch.bincount(codes.flatten(), minlength=num_codes).float()  # (K,)
+    counts = code_counts(codes, num_codes)  # (K,)
     p = counts / counts.sum()  # (K,)
     return torch.exp(-torch.special.xlogy(p, p).sum())  # scalar
 
@@ -178,21 +187,26 @@ class VQVAE(PretextTask):
     def restart_dead_codes(self, z: torch.Tensor) -> None:
         """Move each code whose count N_k is below ``restart_below`` to one of the
         encoder outputs ``z`` ``(M, D)``, drawn without replacement (with replacement
-        when there are fewer than dead codes); its N_k becomes 1 and m_k = e_k."""
-        dead = torch.nonzero(self.cluster_size < self.options.restart_below).squeeze(1)  # (R,)
+        when there are fewer than dead codes); its N_k becomes 1 and m_k = e_k. The
+        r-th dead code (in index order) takes ``z[order[r mod M]]`` for a random
+        permutation ``order``; every code is rewritten through a mask, so no count of
+        dead codes reaches the host."""
+        dead = self.cluster_size < self.options.restart_below  # (K,) bool
         order = torch.randperm(len(z), device=z.device)  # (M,)
-        picks = order[torch.arange(len(dead), device=z.device) % len(z)]  # (R,)
-        self.codebook[dead] = z[picks].to(self.codebook.dtype)  # (R, D)
-        self.cluster_size[dead] = 1.0
+        rank = torch.cumsum(dead, dim=0) - 1  # (K,) r for the r-th dead code
+        picks = order[rank.clamp_min(0) % len(z)]  # (K,) live codes' picks are unused
+        fresh = z[picks].to(self.codebook.dtype)  # (K, D)
+        self.codebook.copy_(torch.where(dead[:, None], fresh, self.codebook))  # (K, D)
+        self.cluster_size.masked_fill_(dead, 1.0)  # (K,)
         if self.options.codebook_update == "ema":
-            self.code_sums[dead] = self.codebook[dead]
+            self.code_sums.copy_(torch.where(dead[:, None], self.codebook, self.code_sums))
 
     @torch.no_grad()
     def track_codes(self, z: torch.Tensor, codes: torch.Tensor) -> None:
         """N_k ← γ·N_k + (1 − γ)·n_k from the batch's counts n_k of the codes ``(M,)``
         of encoder outputs ``z`` ``(M, D)``; for ``ema`` also m_k ← γ·m_k + (1 − γ)·Σ
         of the z assigned to k and e_k = m_k / smoothed N_k (Appendix A.1)."""
-        counts = torch.bincount(codes, minlength=self.options.num_codes).float()  # (K,)
+        counts = code_counts(codes, self.options.num_codes)  # (K,)
         self.cluster_size.lerp_(counts, 1 - self.options.decay)  # (K,)
         if self.options.codebook_update == "ema":
             sums = torch.zeros_like(self.code_sums).index_add_(0, codes, z.float())  # (K, D)

@@ -94,6 +94,24 @@ def test_projection_removes_the_green_magenta_axis():
     assert (projected * axis).sum(dim=1).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("p", [5, 7, 23])
+def test_pixelation_is_area_down_then_bilinear_up_at_each_patch_side(p):
+    """The batched product equals resampling each chosen patch on its own: area
+    downsampling to its drawn side, bilinear upsampling back (same draws, same order)."""
+    import torch.nn.functional as F
+
+    patches = torch.rand(40, 3, p, p)
+    torch.manual_seed(1)
+    got = pixelate(patches, 0.5, 100 / 96 ** 2)
+    torch.manual_seed(1)
+    chosen = torch.rand(40) < 0.5
+    sides = torch.randint(2, p, (40,))
+    for patch, out, pick, side in zip(patches, got, chosen, sides.tolist()):
+        small = F.interpolate(patch[None], size=(side, side), mode="area")
+        expected = F.interpolate(small, size=(p, p), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(out, expected if pick else patch, rtol=0, atol=1e-6)
+
+
 def test_pixelation_only_touches_chosen_patches():
     torch.manual_seed(0)
     patches = torch.rand(32, 3, 8, 8)

@@ -193,6 +193,23 @@ def test_restart_moves_only_dead_codes_to_encoder_outputs(mode):
         assert torch.equal(task.code_sums[:5], restarted)
 
 
+def test_more_dead_codes_than_outputs_reuse_a_random_order_of_the_outputs():
+    """The r-th dead code takes z[order[r mod M]] for one random permutation ``order``:
+    without replacement up to M codes, then the same order again."""
+    task = build_small_task("vq-vae", RGB16, num_codes=16)
+    z = torch.randn(6, task.options.code_dim)
+    with torch.no_grad():
+        task.cluster_size.copy_(torch.tensor([0.0, 5.0] * 8))  # the even codes are dead
+        live = task.codebook[1::2].clone()
+        torch.manual_seed(3)
+        task.restart_dead_codes(z)
+    torch.manual_seed(3)
+    order = torch.randperm(6)
+    torch.testing.assert_close(task.codebook[::2].detach(), z[order[torch.arange(8) % 6]])
+    assert torch.equal(task.codebook[1::2].detach(), live)
+    assert torch.equal(task.cluster_size, torch.tensor([1.0, 5.0] * 8))
+
+
 def test_laplace_smoothing_keeps_the_total_and_lifts_empty_clusters():
     counts = torch.tensor([0.0, 3.0, 1.0])
     smoothed = laplace_smoothed(counts, 0.5)
