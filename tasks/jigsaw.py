@@ -191,10 +191,19 @@ class Jigsaw(PretextTask):
 
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
         """Permutation logits ``(N, N_perm)`` of shuffled tiles ``(N, 9, C, t, t)`` in
-        [0, 1]: one backbone call over all N·9 tiles, each standardised on its own."""
+        [0, 1]: one backbone call over all N·9 tiles, each standardised on its own.
+
+        The backbone's pass over the tiles stays fp32 under a CPU bf16 autocast (a CUDA
+        autocast still applies): 7–10 px tiles shrink to 1–2 px maps in a CNN's last
+        stages, where oneDNN's AMX bf16 weight-gradient kernel is slower than fp32 (a 3×3
+        convolution's forward + backward on 576 tiles with 128–256 channels: 1.3–3× slower
+        on 1–2 px maps). On two threads a bf16 step ran at 0.8× an fp32 one; with the tile
+        pass in fp32 at 1.15× (the jigsaw rows of ``tests/benchmarks/test_throughput.py``)."""
         n = tiles.shape[0]
         tiles = standardize(tiles.flatten(0, 1), MIN_TILE_STD)  # (N·9, C, t, t)
-        per_tile = self.tile_fc(self.backbone(tiles))           # (N·9, D), D = tile_dim
+        with torch.autocast("cpu", enabled=False):  # the tile pass in fp32, see above
+            features = self.backbone(tiles.float())             # (N·9, D_backbone)
+        per_tile = self.tile_fc(features)                       # (N·9, D), D = tile_dim
         puzzles = per_tile.view(n, -1)                          # (N, 9·D), positions in order
         return self.classifier(puzzles)                         # (N, N_perm)
 
