@@ -25,7 +25,7 @@ def main(runs_dir: str) -> None:
     for path in sorted(Path(runs_dir).glob("*/results.json")):
         results = json.loads(path.read_text())
         runs[f"{results['task']} ({results['backbone']})"][results["cost"]["precision"]] = results
-    header = ["task (backbone)"] + [f"{name}: fp32 → bf16" for name in METRICS]
+    header = ["task (backbone)"] + [f"{name}: fp32 → bf16" for name in METRICS.values()]
     header += ["held-out pretext: fp32 → bf16", "images/s: fp32 → bf16 (ratio)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -34,7 +34,8 @@ def main(runs_dir: str) -> None:
             continue
         fp32, bf16 = pair["fp32"], pair["bf16"]
         cells = [label] + [f"{fp32['metrics'][k]:.1f} → {bf16['metrics'][k]:.1f}" for k in METRICS]
-        name = next(iter(fp32["pretext"]), None)
+        # the first held-out metric that is not the loss (top1, psnr_db, …), else the loss
+        name = next((k for k in fp32["pretext"] if k != "loss"), next(iter(fp32["pretext"]), None))
         cells.append("–" if name is None else
                      f"{name} {fp32['pretext'][name]:.3g} → {bf16['pretext'][name]:.3g}")
         speed = [r["cost"]["train_images_per_s"] for r in (fp32, bf16)]
