@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from functools import partial
 
@@ -12,14 +11,13 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from timm.optim import param_groups_weight_decay
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import option
-from tasks.blocks import psnr_db
+from tasks.blocks import attention_kernels, psnr_db
 
 NORM_PIX_EPS = 1e-6  # added to each patch's variance before dividing (MAE's official code)
 
@@ -50,18 +48,6 @@ def random_masking(batch: int, num_patches: int, num_visible: int,
 def take_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``out[n, i] = tokens[n, ids[n, i]]``: ``(N, L, D)``, ``(N, K)`` int64 → ``(N, K, D)``."""
     return tokens.gather(1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-
-
-def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:
-    """The kernels of ``scaled_dot_product_attention`` in the encoder and decoder blocks on
-    ``device``. On the CPU: the math backend (two batched matmuls around a softmax; same
-    function), because the flash kernel's bf16 backward is slow on MAE's short sequences
-    (1 + V = 17 and 1 + L = 65 tokens at 32 px): it took about half of a vit_tiny MAE
-    step under bf16 autocast; with the math backend the whole step runs 1.6–1.8× faster
-    (fp32: as fast; batch 64, one or two threads). Elsewhere torch's own choice."""
-    if device.type == "cpu":
-        return sdpa_kernel([SDPBackend.MATH])
-    return contextlib.nullcontext()
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -180,8 +166,7 @@ class MAE(PretextTask):
         cls = vit.cls_token + vit.pos_embed[:, :1]  # (1, 1, D)
         x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # (N, 1 + V, D)
         x = vit.norm_pre(x)  # (N, 1 + V, D)
-        with attention_kernels(x.device):
-            x = vit.blocks(x)  # (N, 1 + V, D)
+        x = vit.blocks(x)  # (N, 1 + V, D)
         x = vit.norm(x)  # (N, 1 + V, D)
         return x, mask, ids_restore
 
@@ -194,8 +179,7 @@ class MAE(PretextTask):
         unshuffled = take_tokens(shuffled, ids_restore)  # (N, L, D'), patch order
         x = torch.cat([x[:, :1], unshuffled], dim=1)  # (N, 1 + L, D')
         x = x + self.decoder_pos_embed  # (N, 1 + L, D')
-        with attention_kernels(x.device):
-            x = self.decoder_blocks(x)  # (N, 1 + L, D')
+        x = self.decoder_blocks(x)  # (N, 1 + L, D')
         x = self.decoder_norm(x)  # (N, 1 + L, D')
         x = x[:, 1:]  # (N, L, D'), class token dropped
         return self.decoder_pred(x)  # (N, L, p²·C)
@@ -215,8 +199,9 @@ class MAE(PretextTask):
         """``pred``, ``target``, ``mask`` of images in [0, 1] and the detached ``pixels`` of
         ``pred`` in [0, 1], un-normalised per patch (true mean, std), then per dataset."""
         x = self.normalize(images)  # (N, C, H, W)
-        latent, mask, ids_restore = self.forward_encoder(x)  # (N, 1 + V, D), (N, L), (N, L)
-        pred = self.forward_decoder(latent, ids_restore).float()  # (N, L, p²·C)
+        with attention_kernels(x.device):
+            latent, mask, ids_restore = self.forward_encoder(x)  # (N, 1 + V, D), (N, L), (N, L)
+            pred = self.forward_decoder(latent, ids_restore).float()  # (N, L, p²·C)
         target, mean, std = self.target(x)  # (N, L, p²·C), (N, L, 1), (N, L, 1)
         with torch.no_grad():
             standardized = self.unpatchify(pred * std + mean)  # (N, C, H, W)
@@ -238,9 +223,8 @@ class MAE(PretextTask):
         return [optim.build(param_groups_weight_decay(self, optim.weight_decay))]
 
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
-        """:func:`masked_mse` (float32) of a fresh random mask of images in [0, 1] (§3).
-        Logs ``psnr_db`` of the [0, 1] pixels of masked patches; with ``norm_pix_loss`` it
-        measures structure within patches, not brightness (true patch mean and std)."""
+        """:func:`masked_mse` (float32) of a fresh random mask of images in [0, 1] (§3); logs
+        ``psnr_db`` of masked patches' [0, 1] pixels (true patch mean and std)."""
         pred, target, mask, pixels = self._reconstruct(images)
         with torch.no_grad():
             psnr = psnr_db(pixels, self.patchify(images.float()), mask[..., None])  # (N,)
