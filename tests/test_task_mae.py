@@ -61,7 +61,7 @@ def sinusoid_batch(n=8, side=16):
 def test_loss_falls_below_patch_mean_baseline():
     task = make_task(decoder_depth=1)
     images = sinusoid_batch()
-    # The paper's pre-training LR (its batch 4096, Table 8) so 30 steps move measurably.
+    # The paper's pre-training LR (its batch 4096, Table 8) so 60 steps move measurably.
     (optimizer,) = task.configure_optimizers(task.default_optim(4096))
 
     def fixed_mask_loss():
@@ -76,7 +76,7 @@ def test_loss_falls_below_patch_mean_baseline():
     # Predicting 0 = each patch's own mean, the trivial norm_pix prediction.
     patch_mean_loss = masked_mse(torch.zeros_like(target), target, mask).item()
     before = fixed_mask_loss()
-    for _ in range(30):
+    for _ in range(60):  # 30 left it within 1 % of the threshold on one thread
         logs = task.training_step(images, [optimizer])
         assert torch.isfinite(logs["loss"])
     after = fixed_mask_loss()
