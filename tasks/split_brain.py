@@ -210,8 +210,7 @@ class SplitBrain(PretextTask):
             per_pixel = F.cross_entropy(ab_logits, ab_target, reduction="none")  # (N, s, s)
         if self.options.rebalance:
             if self.training and torch.is_grad_enabled():  # training images only
-                bins = ab_target.flatten()  # (N·s·s,)
-                # index_add_, not bincount: CUDA's bincount reads the largest index on the host
+                bins = ab_target.flatten()  # (N·s·s,); index_add_: bincount syncs on CUDA
                 self.ab_counts.index_add_(0, bins, torch.ones_like(bins, dtype=torch.float64))
             weights = rebalance_weights(self.ab_counts, self.ab_centres, MIX, SIGMA)  # (K_ab,)
             per_pixel = per_pixel * weights[ab_target]  # (N, s, s)
@@ -229,8 +228,7 @@ class SplitBrain(PretextTask):
 
     @torch.no_grad()
     def render(self, images: torch.Tensor):
-        """Rows: the L input, its colourisation (true L + annealed-mean ab predicted from
-        L), L predicted from ab, and the original."""
+        """Rows: L input, its colourisation (L, annealed-mean ab from L), L from ab, original."""
         lab = rgb_to_lab(images)  # (n, 3, H, W)
         ab, lightness = self.decode(*self.predict(self._scale(lab)))  # (n, 2, s, s), (n, 1, s, s)
         up = dict(size=images.shape[-2:], mode="bilinear", align_corners=False)

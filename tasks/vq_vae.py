@@ -187,10 +187,9 @@ class VQVAE(PretextTask):
     def restart_dead_codes(self, z: torch.Tensor) -> None:
         """Move each code whose count N_k is below ``restart_below`` to one of the
         encoder outputs ``z`` ``(M, D)``, drawn without replacement (with replacement
-        when there are fewer than dead codes); its N_k becomes 1 and m_k = e_k. The
-        r-th dead code (in index order) takes ``z[order[r mod M]]`` for a random
-        permutation ``order``; every code is rewritten through a mask, so no count of
-        dead codes reaches the host."""
+        when there are fewer than dead codes); its N_k becomes 1 and m_k = e_k. The r-th
+        dead code takes ``z[order[r mod M]]`` for a random permutation ``order``, written
+        through a mask, so no count of dead codes reaches the host."""
         dead = self.cluster_size < self.options.restart_below  # (K,) bool
         order = torch.randperm(len(z), device=z.device)  # (M,)
         rank = torch.cumsum(dead, dim=0) - 1  # (K,) r for the r-th dead code
