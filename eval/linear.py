@@ -229,8 +229,8 @@ class LinearProbe(Evaluator):
         }
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-            l2s: list[float] | tuple[float, ...], init: "LinearClassifier | None" = None
-            ) -> list["LinearClassifier"]:
+            l2s: list[float] | tuple[float, ...], init: LinearClassifier | None = None
+            ) -> list[LinearClassifier]:
         """Fit one classifier per penalty, in the given order, each warm-started from
         the previous one (the first from ``init``, or zeros).
 
