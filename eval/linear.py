@@ -137,7 +137,7 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
         return loss
 
     optimizer.step(objective)
-    evaluations = optimizer.state[optimizer._params[0]]["func_evals"]
+    evaluations = optimizer.state[weight]["func_evals"]
     return weight.detach(), bias.detach(), evaluations
 
 
