@@ -6,13 +6,14 @@ import torch
 from torch import nn
 
 from backbones.base import Backbone
+from backbones.small_map_conv import SmallMapConv2d
 from ssl_bench.core.errors import OptionError
 from ssl_bench.core.registry import BACKBONES
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        SmallMapConv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 import subprocess
 from pathlib import Path
 
@@ -21,12 +22,13 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape a result."""
+    """Versions of Python and the libraries that shape a result (read from the installed
+    packages' metadata, so timm is not imported for a run that does not use it)."""
     import numpy
-    import timm
     import torch
 
     import ssl_bench
 
     return {"python": platform.python_version(), "ssl_bench": ssl_bench.__version__,
-            "torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
+            "torch": torch.__version__, "timm": metadata.version("timm"),
+            "numpy": numpy.__version__}

@@ -38,6 +38,14 @@ def _mix(m: tuple, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", device_tensor(m, x.device, x.dtype), x)
 
 
+def rgb_to_luma(rgb: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma of ``(N, 3, H, W)`` RGB in [0, 1]: ``(N, 1, H, W)``, 0.2989 R +
+    0.587 G + 0.114 B, the weights of torchvision's ``rgb_to_grayscale`` (written out
+    because importing torchvision costs a CPU run 2 s of start-up)."""
+    r, g, b = rgb.unbind(dim=1)                                # (N, H, W) each
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)   # (N, 1, H, W)
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] → CIE Lab (D65).
 

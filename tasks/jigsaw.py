@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import rgb_to_grayscale
 
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import check_range, option
 from tasks.blocks import crop_squares, standardize
+from tasks.color import rgb_to_luma
 
 GRID = 3
 TILES = GRID * GRID
@@ -178,7 +178,7 @@ class Jigsaw(PretextTask):
         n, c = images.shape[:2]
         if c == 3 and self.options.grayscale_prob > 0:
             gray = torch.rand(n, device=images.device) < self.options.grayscale_prob  # (N,)
-            grayscale = rgb_to_grayscale(images, 3)                   # (N, 3, H, W), R = G = B
+            grayscale = rgb_to_luma(images).expand(-1, 3, -1, -1)    # (N, 3, H, W), R = G = B
             images = torch.where(gray.view(n, 1, 1, 1), grayscale, images)  # (N, 3, H, W)
         _, corners = sample_tile_positions(n, c, images.shape[-1], self.cell_size,
                                            self.tile_size, self.options.channel_jitter,
@@ -191,18 +191,10 @@ class Jigsaw(PretextTask):
 
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
         """Permutation logits ``(N, N_perm)`` of shuffled tiles ``(N, 9, C, t, t)`` in
-        [0, 1]: one backbone call over all N·9 tiles, each standardised on its own.
-
-        The backbone's pass over the tiles stays fp32 under a CPU bf16 autocast (a CUDA
-        autocast still applies): 7–10 px tiles shrink to 1–2 px maps in a CNN's last
-        stages, where oneDNN's AMX bf16 weight-gradient kernel is slower than fp32 (a 3×3
-        convolution's forward + backward on 576 tiles with 128–256 channels: 1.3–3× slower
-        on 1–2 px maps). On two threads a bf16 step ran at 0.8× an fp32 one; with the tile
-        pass in fp32 at 1.15× (the jigsaw rows of ``tests/benchmarks/test_throughput.py``)."""
+        [0, 1]: one backbone call over all N·9 tiles, each standardised on its own."""
         n = tiles.shape[0]
         tiles = standardize(tiles.flatten(0, 1), MIN_TILE_STD)  # (N·9, C, t, t)
-        with torch.autocast("cpu", enabled=False):  # the tile pass in fp32, see above
-            features = self.backbone(tiles.float())             # (N·9, D_backbone)
+        features = self.backbone(tiles)                         # (N·9, D_backbone)
         per_tile = self.tile_fc(features)                       # (N·9, D), D = tile_dim
         puzzles = per_tile.view(n, -1)                          # (N, 9·D), positions in order
         return self.classifier(puzzles)                         # (N, N_perm)

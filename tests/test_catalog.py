@@ -94,6 +94,24 @@ def test_help_does_not_import_torch():
     assert "ssl-bench" in result.stdout
 
 
+def test_one_lookup_imports_only_the_module_that_registers_the_name():
+    """A run's task and backbone lookups import neither timm nor the other tasks; a name
+    no module registers literally still gets the full discovery (and its error)."""
+    code = ("import sys\nfrom ssl_bench.core.errors import UnknownNameError\n"
+            "from ssl_bench.core.registry import BACKBONES, TASKS\n"
+            "assert TASKS.get('jigsaw').name == 'jigsaw'\n"
+            "assert BACKBONES.get('convnet').name == 'convnet'\n"
+            "loaded = sorted(m for m in sys.modules if m == 'timm' or m.startswith('tasks.')\n"
+            "                and m.split('.')[1] in {'mae', 'rotation', 'vae'})\n"
+            "assert not loaded, loaded\n"
+            "try:\n    TASKS.get('no-such-task')\nexcept UnknownNameError as e:\n"
+            "    assert 'rotation' in str(e) and 'mae' in str(e), e\n"
+            "else:\n    raise AssertionError('no error')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
 # A toy project: registries and packages outside ssl-bench, read the same way.
 TOY_FILES = {
     "toyreg.py": """

@@ -205,3 +205,13 @@ def test_vit_backbone_is_incompatible():
 def test_bad_options_raise(options):
     with pytest.raises(OptionError):
         make_task(**options)
+
+
+def test_luma_matches_torchvision_grayscale():
+    """The luma written out in tasks/color.py is torchvision's rgb_to_grayscale."""
+    from torchvision.transforms.functional import rgb_to_grayscale
+
+    from tasks.color import rgb_to_luma
+
+    images = torch.rand(4, 3, 9, 7)
+    torch.testing.assert_close(rgb_to_luma(images), rgb_to_grayscale(images))
