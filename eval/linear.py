@@ -79,23 +79,6 @@ class Standardizer:
         return (features - self.mean) / self.denominator
 
 
-def row_space(features: torch.Tensor) -> torch.Tensor | None:
-    """An orthonormal basis ``(D, N)`` of the span of the rows of ``features`` ``(N, D)``
-    when D > N, else ``None``.
-
-    An L2-penalised linear classifier trained on these rows has its weights in
-    this span (the representer theorem: the penalty's gradient and every loss
-    gradient lie in it), so it can be trained on the N coordinates ``features @
-    Q`` instead of the D dimensions, with the same objective and predictions on
-    any input — a cheaper problem when a layer has more dimensions than the
-    probe has images.
-    """
-    n, dim = features.shape
-    if dim <= n:
-        return None
-    return torch.linalg.qr(features.T, mode="reduced").Q  # (D, N)
-
-
 @torch.enable_grad()
 def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                             l2: float, init: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -153,9 +136,7 @@ class LinearProbe(Evaluator):
     (:func:`fit_logistic_regression`), as scikit-learn's ``LogisticRegression``
     does. A convex problem solved to convergence has one answer, so the probe
     has no learning rate, schedule or seed to tune, and on ≤ 50k cached features
-    it takes seconds on a CPU. A layer with more dimensions than images is
-    fitted in the span of its rows (:func:`row_space`), which gives the same
-    classifier.
+    it takes seconds on a CPU.
 
     Model selection: the train split is divided by :func:`validation_split`
     (``val_fraction`` = 10 %, stratified, seeded); one classifier per penalty in
@@ -252,17 +233,13 @@ class LinearProbe(Evaluator):
             raise DataError(f"the linear probe needs at least 2 labelled train images, got {n}")
         standardize = Standardizer(features)
         z = standardize(features)                                   # (N, D)
-        basis = row_space(z)                                        # (D, N) or None
-        if basis is not None:
-            z = z @ basis                                           # (N, N)
-        start = None if init is None else init.coordinates(basis)
+        start = None if init is None else (init.weight, init.bias)
         classifiers = []
         for l2 in l2s:
             weight, bias, _ = fit_logistic_regression(z, labels, num_classes, l2, start,
                                                       self.tolerance, self.max_iter)
-            start = (weight, bias)
-            full_weight = weight if basis is None else weight @ basis.T  # (C, D)
-            classifiers.append(LinearClassifier(standardize, full_weight, bias))
+            start = (weight, bias)                                  # (C, D), (C,)
+            classifiers.append(LinearClassifier(standardize, weight, bias))
         return classifiers
 
 
@@ -282,8 +259,3 @@ class LinearClassifier:
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         """Logits ``(n, C)`` of raw features ``(n, D)``."""
         return F.linear(self.standardize(features.float()), self.weight, self.bias)
-
-    def coordinates(self, basis: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weights ``(C, D)`` — or ``(C, N)`` in a row-space ``basis`` ``(D, N)`` —
-        and bias, to warm-start another fit."""
-        return (self.weight if basis is None else self.weight @ basis), self.bias

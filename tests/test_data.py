@@ -114,3 +114,16 @@ def test_real_cifar10_imagefolder(monkeypatch):
     assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape[0] == 10000
     assert data.class_names[0] == "airplane"
     assert data.train_labels.bincount().tolist() == [5000] * 10
+
+
+def test_digits_cache_holds_the_same_split(tmp_path, monkeypatch):
+    """The cached copy of digits is the split scikit-learn gives."""
+    from ssl_bench.datasets.digits import _split_from_sklearn
+
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path))
+    fresh, cached = load_dataset("digits"), load_dataset("digits")
+    assert list((tmp_path / "decoded").glob("digits-*.pt"))
+    want = _split_from_sklearn()
+    for data in (fresh, cached):
+        assert torch.equal(data.train_images, want["xtr"])
+        assert torch.equal(data.test_labels, want["yte"])

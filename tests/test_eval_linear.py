@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.features import extract_features, extract_features_and_stages, stage_grid
-from eval.linear import (LinearProbe, Standardizer, fit_logistic_regression, row_space,
-                         validation_split)
+from eval.linear import LinearProbe, Standardizer, fit_logistic_regression, validation_split
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.registry import EVALUATORS
 
@@ -80,22 +79,6 @@ def test_warm_start_changes_the_cost_not_the_answer():
     warm, warm_bias, _ = fit_logistic_regression(z, labels, 5, 0.05, start, tolerance=1e-6)
     assert torch.allclose(F.softmax(F.linear(z, cold, cold_bias), 1),
                           F.softmax(F.linear(z, warm, warm_bias), 1), atol=1e-3)
-
-
-def test_row_space_fit_equals_the_full_fit():
-    # 30 images, 200 dimensions: the probe fits in the 30-dimensional span of the rows
-    g = torch.Generator().manual_seed(0)
-    features, labels = torch.randn(30, 200, generator=g), torch.arange(3).repeat(10)
-    z = Standardizer(features)(features)
-    basis = row_space(z)
-    assert basis.shape == (200, 30) and row_space(z[:, :20]) is None
-    assert torch.allclose(basis.T @ basis, torch.eye(30), atol=1e-4)
-    full, full_bias, _ = fit_logistic_regression(z, labels, 3, 0.1, tolerance=1e-7)
-    small, small_bias, _ = fit_logistic_regression(z @ basis, labels, 3, 0.1, tolerance=1e-7)
-    assert torch.allclose(small @ basis.T, full, atol=1e-4)
-    unseen = torch.randn(5, 200, generator=g)
-    assert torch.allclose(F.linear(unseen, small @ basis.T, small_bias),
-                          F.linear(unseen, full, full_bias), atol=1e-3)
 
 
 def test_random_labels_give_chance():
