@@ -73,7 +73,9 @@ class Sweep:
         if run is None:
             from ssl_bench.runner import run_experiment as run
         self.configs, self.run_one = configs, run
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        # under torchrun every rank runs the same grid in step; rank 0 speaks for all
+        self.log = log or (lambda line: distributed.is_main() and
+                           print(line, file=sys.stderr, flush=True))
 
     def run(self) -> SweepOutcome:
         """Run the grid; returns what happened to each run.
