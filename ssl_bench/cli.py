@@ -93,6 +93,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
                         "(CUDA, CPUs with AVX512-BF16 or AMX) (default: %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="compile the task's modules with torch.compile (slow first steps)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch "
+                        "(SyncBatchNorm, GPUs only) instead of each process's shard")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="task_options",
                    help="override a task hyperparameter (repeatable; `ssl-bench list` shows them)")
     p.add_argument("--backbone-opt", action="append", metavar="KEY=VALUE",
@@ -165,7 +168,7 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
         lowshot=list(args.lowshot), layer_probes=not args.no_layer_probes,
         step0=not args.no_step0, bn_recalibrate=args.bn_recalibrate,
         layer_dims=args.layer_dims, out=args.out, device=args.device, precision=args.precision,
-        compile=args.compile,
+        compile=args.compile, sync_bn=args.sync_bn,
         task_options=_key_values(args.task_options, "--set"), backbone_options=backbone_options,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, evaluators=args.evaluators,
@@ -179,13 +182,15 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from ssl_bench import distributed
     from ssl_bench.runner import run_experiment
 
     config = _config(args, " ".join(["ssl-bench", *map(shlex.quote, argv)]),
                      task=args.task, backbone=args.backbone, dataset=args.dataset,
                      seed=args.seed, name=args.name, resume=args.resume, overwrite=args.overwrite)
     results = run_experiment(config)
-    _print_results(results)
+    if distributed.is_main():
+        _print_results(results)
     return 0
 
 

@@ -18,8 +18,9 @@ from ssl_bench.core.precision import PRECISIONS
 from ssl_bench.core.rundir import CONFIG
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
+# sync_bn, like the world size (config.yaml), says how training is split over processes.
 NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
-                "eval_batch_size", "step0", "tuned", "compile"}
+                "eval_batch_size", "step0", "tuned", "compile", "sync_bn"}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 # A run name is one path component inside --out: never '.', '..', a separator or hidden.
@@ -56,6 +57,8 @@ class RunConfig:
             extraction (see :mod:`ssl_bench.core.precision`; ``auto``: bf16 where the
             device computes it natively).
         compile: compile the task's modules with ``torch.compile``.
+        sync_bn: under ``torchrun``, BatchNorm statistics over the global batch
+            (:class:`torch.nn.SyncBatchNorm`; GPUs only) instead of each rank's shard.
         resume, overwrite: continue an existing run / delete it and start afresh.
         task_options: ``--set key=value`` task hyperparameters.
         backbone_options: ``--backbone-opt key=value`` backbone settings.
@@ -92,6 +95,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    sync_bn: bool = False
     resume: bool = False
     overwrite: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)

@@ -16,6 +16,7 @@ import yaml
 
 from eval.linear import LinearProbe
 from eval.protocol import MIN_LOWSHOT_PER_CLASS, Protocol, lowshot_key, lowshot_sizes
+from ssl_bench import distributed
 from ssl_bench.build import build_task
 from ssl_bench.config import RunConfig, config_id, recorded_differences, run_name
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
@@ -130,11 +131,16 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     if config.resume and (run_dir / RESULTS).exists():
         return read_json(run_dir / RESULTS)
     pretrains = TASKS.get(config.task).pretrains
+    world = distributed.world_size()
+    if pretrains and config.batch_size % world:
+        raise OptionError(f"--batch-size {config.batch_size} is the global batch of {world} "
+                          f"processes and must be divisible by {world}; give e.g. "
+                          f"{config.batch_size - config.batch_size % world or world}")
     if pretrains and config.epochs == 0:
         raise OptionError(f"--epochs 0 would record an untrained network as a {config.task} "
                           "row; give --epochs ≥ 1 (--task random-init is the untrained "
                           "reference)")
-    device = resolve_device(config.device)
+    device = distributed.init(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     data, idx, protocol, eval_data = _prepare(config, evaluators)
     spec = data.spec()
@@ -146,27 +152,32 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
+    if config.sync_bn:
+        task = distributed.sync_batchnorm(task, device)
     optims = resolve_optims(task, config)
     epochs = config.epochs if task.pretrains else 0
     settings = {**config.to_dict(), "task_options": options_to_dict(task.options),
                 "optimizers": [vars(o) | {"betas": list(o.betas)} for o in optims]}
     config_key = config_id({**settings, "epochs": epochs})
-    _announce(config, data, idx, protocol, device, precision)
-    # Only now, with every input checked, touch the run directory.
-    if config.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    fresh = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_temporary_files(run_dir)  # left by a process killed mid-write
-    atomic_write_yaml(run_dir / CONFIG, {
-        **settings, "task_overrides": config.task_options, "config_id": config_key,
-        "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
-                 "eval_train_images": len(eval_idx), "test_images": len(test_idx),
-                 "lowshot_labels": protocol.lowshot, "channels": spec.channels,
-                 "image_size": spec.image_size, "num_classes": data.num_classes},
-        "device_resolved": str(device), "precision_resolved": precision,
-        "versions": versions(), "git_commit": git_commit(),
-    })
+    # Only now, with every input checked on every rank, touch the run directory (rank 0).
+    distributed.barrier()
+    fresh = False
+    if distributed.is_main():
+        _announce(config, data, idx, protocol, device, precision)
+        if config.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        fresh = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(run_dir)  # left by a process killed mid-write
+        atomic_write_yaml(run_dir / CONFIG, {
+            **settings, "task_overrides": config.task_options, "config_id": config_key,
+            "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
+                     "eval_train_images": len(eval_idx), "test_images": len(test_idx),
+                     "lowshot_labels": protocol.lowshot, "channels": spec.channels,
+                     "image_size": spec.image_size, "num_classes": data.num_classes},
+            "device_resolved": str(device), "precision_resolved": precision,
+            "world_size": world, "versions": versions(), "git_commit": git_commit(),
+        })
 
     trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
                       TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
@@ -179,47 +190,55 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device)
 
     try:
-        step0 = _step0_reference(task, trainer, evaluate, config, run_dir)
+        step0 = distributed.on_main(
+            lambda: _step0_reference(task, trainer, evaluate, config, run_dir), task)
         stats = trainer.fit(resume=config.resume)
     except Exception:
         if fresh and not trainer.checkpoint_path.exists():  # nothing worth resuming
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    final, test_x = evaluate()
-    step0_seconds = step0["eval_seconds"] if step0 is not None else 0.0
-    if config.step0 and not task.pretrains:
-        step0 = final  # an untrained reference is its own step 0
 
-    figures = _save_figures(task, eval_data.test_images, run_dir, device)
-    sample = _save_feature_sample(test_x, eval_data.test_labels, data.class_names, run_dir)
-    results = {
-        "task": task.name, "backbone": config.backbone, "dataset": config.dataset,
-        "seed": config.seed, "config_id": config_key, "reference": task.reference,
-        "epochs": epochs, "batch_size": trainer.batch_size,
-        "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),
-        "test_images": len(test_idx),
-        "images_seen": stats.images_seen, "steps": stats.steps,
-        "metrics": final["metrics"], "pretext": final["pretext"],
-        "pretext_chance": task.pretext_chance(),
-        "layers": final["layers"], "layer_best": final["layer_best"],
-        "step0": None if step0 is None else {k: v for k, v in step0.items()
-                                             if k != "eval_seconds"},
-        "lowshot_labels": protocol.lowshot,
-        "cost": {"train_seconds": round(stats.train_seconds, 2),
-                 "train_images_per_s": round(stats.images_per_s, 1),
-                 "eval_seconds": final["eval_seconds"],
-                 "step0_eval_seconds": step0_seconds,
-                 "backbone_params": count_parameters(task.backbone),
-                 "task_params": count_parameters(task),
-                 "backbone_gflops_per_image": backbone_gflops(task, spec, device),
-                 "feature_dim": int(test_x.shape[1]), "device": str(device),
-                 "precision": precision},
-        "summary": task.summary(), "config": settings, "command": config.command,
-        "figures": figures, "feature_sample": sample,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_json(run_dir / RESULTS, results)
-    return results
+    def finish() -> dict[str, Any]:
+        """Evaluate, draw and write ``results.json`` (rank 0 alone)."""
+        nonlocal step0
+        final, test_x = evaluate()
+        step0_seconds = step0["eval_seconds"] if step0 is not None else 0.0
+        if config.step0 and not task.pretrains:
+            step0 = final  # an untrained reference is its own step 0
+
+        figures = _save_figures(task, eval_data.test_images, run_dir, device)
+        sample = _save_feature_sample(test_x, eval_data.test_labels, data.class_names, run_dir)
+        results = {
+            "task": task.name, "backbone": config.backbone, "dataset": config.dataset,
+            "seed": config.seed, "config_id": config_key, "reference": task.reference,
+            "epochs": epochs, "batch_size": trainer.batch_size,
+            "pretrain_images": len(train_idx), "eval_train_images": len(eval_idx),
+            "test_images": len(test_idx),
+            "images_seen": stats.images_seen, "steps": stats.steps,
+            "metrics": final["metrics"], "pretext": final["pretext"],
+            "pretext_chance": task.pretext_chance(),
+            "layers": final["layers"], "layer_best": final["layer_best"],
+            "step0": None if step0 is None else {k: v for k, v in step0.items()
+                                                 if k != "eval_seconds"},
+            "lowshot_labels": protocol.lowshot,
+            "cost": {"train_seconds": round(stats.train_seconds, 2),
+                     "train_images_per_s": round(stats.images_per_s, 1),
+                     "eval_seconds": final["eval_seconds"],
+                     "step0_eval_seconds": step0_seconds,
+                     "backbone_params": count_parameters(task.backbone),
+                     "task_params": count_parameters(task),
+                     "backbone_gflops_per_image": backbone_gflops(task, spec, device),
+                     "feature_dim": int(test_x.shape[1]), "device": str(device),
+                     "precision": precision, "world_size": world},
+            "summary": task.summary(), "config": settings, "command": config.command,
+            "figures": figures, "feature_sample": sample,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(run_dir / RESULTS, results)
+        return results
+
+    # the other ranks wait, then read what rank 0 wrote
+    return distributed.on_main(finish, task) or read_json(run_dir / RESULTS)
 
 
 def _prepare(config: RunConfig, evaluators: dict) -> tuple[ImageData, tuple[torch.Tensor, ...],

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ssl_bench import distributed
 from ssl_bench.config import RunConfig, recorded_differences, run_name
 from ssl_bench.core.errors import IncompatibleError, Interrupted
 from ssl_bench.core.rundir import RESULTS, atomic_write_text
@@ -72,7 +73,9 @@ class Sweep:
         if run is None:
             from ssl_bench.runner import run_experiment as run
         self.configs, self.run_one = configs, run
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        # under torchrun every rank runs the same grid in step; rank 0 speaks for all
+        self.log = log or (lambda line: distributed.is_main() and
+                           print(line, file=sys.stderr, flush=True))
 
     def run(self) -> SweepOutcome:
         """Run the grid; returns what happened to each run.
@@ -120,11 +123,12 @@ class Sweep:
         except Exception as exc:  # one failed run must not stop the grid
             reason = f"{exc.__class__.__name__}: {exc}"
             outcome.failed.append((name, reason))
-            if run_dir.exists():
+            if run_dir.exists() and distributed.is_main():
                 atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())
             self.log(f"{step} {name}: FAILED: {reason}")
             return
         outcome.finished.append(name)
         if resume:
             outcome.resumed.append(name)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        if distributed.is_main():
+            (run_dir / ERROR_FILE).unlink(missing_ok=True)

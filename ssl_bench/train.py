@@ -8,6 +8,11 @@ optimizer. Nothing in a step waits for the device: the loss is checked for NaN/i
 on the device and read back only every ``log_every`` steps. It checkpoints every
 epoch and on Ctrl-C, and resumes bit-for-bit on CPU: the batch order of an epoch
 derives from (seed, epoch), and the global RNG states travel in the checkpoint.
+
+Under ``torchrun`` (:mod:`ssl_bench.distributed`) each rank trains on its contiguous
+shard of every global batch of that order, with gradients and buffers averaged over
+ranks and its random draws seeded by (seed, step, rank); only rank 0 writes files.
+The checkpoint holds the global position, so a run resumes at any world size.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssl_bench import distributed
 from ssl_bench.core.errors import Diverged, Interrupted, SslBenchError
 from ssl_bench.core.images import random_hflip, to_float
 from ssl_bench.core.precision import autocast
@@ -41,7 +47,7 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the (subset of the) train split.
-        batch_size: images per step.
+        batch_size: images per step, over all ranks (divisible by the world size).
         seed: seeds the batch order of every epoch.
         log_every: steps between ``metrics.jsonl`` lines and progress updates.
     """
@@ -58,7 +64,7 @@ class TrainStats:
 
     Attributes:
         steps: optimization steps taken in total (over all sessions of a resumed run).
-        images_seen: training images processed, counting repeats over epochs.
+        images_seen: training images processed by all ranks, counting repeats over epochs.
         train_seconds: wall-clock seconds spent in the loop (checkpoint writes excluded).
         images_per_s: ``images_seen / train_seconds``.
     """
@@ -175,6 +181,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         # untrained references (random-init, pixels) need no optimizer; pixels has no parameters
         self.optimizers = task.configure_optimizers(optims) if config.epochs else []
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        distributed.broadcast_module(task)
+        for opt in self.optimizers:
+            distributed.average_gradients(opt)
         self.schedulers = [
             torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
                 self.total_steps, min(self.total_steps // 2,
@@ -191,7 +201,9 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write the full training state atomically (model, optimizers, schedulers,
-        RNG states, position in the epoch, cost so far)."""
+        RNG states, position in the epoch, cost so far); rank 0 alone writes it."""
+        if not distributed.is_main():
+            return
         atomic_torch_save({
             "task": self.task.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -226,7 +238,7 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         path = self.run_dir / METRICS
-        if not path.exists():
+        if not distributed.is_main() or not path.exists():
             return
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= self.step]
@@ -235,8 +247,11 @@ class Trainer:
     # ------------------------------------------------------------- loop
 
     def _batch(self, order: torch.Tensor, b: int) -> tuple[torch.Tensor, dict]:
-        """Images of batch ``b`` of the epoch, and ``{"labels": …}`` for label tasks."""
-        idx = order[b * self.batch_size:(b + 1) * self.batch_size]  # (B,) on the device
+        """This rank's shard of batch ``b`` of the epoch (all of it in a world of one),
+        and ``{"labels": …}`` for label tasks."""
+        shard = self.batch_size // self.world
+        start = b * self.batch_size + self.rank * shard
+        idx = order[start:start + shard]  # (B / world,) on the device
         x = to_float(self.images[idx]).contiguous(memory_format=torch.channels_last)
         extra = {} if self.labels is None else {"labels": self.labels[idx]}
         return (random_hflip(x) if self.hflip else x), extra
@@ -264,7 +279,8 @@ class Trainer:
         self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
         self.task.train()
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   desc=f"{self.task.name} pretraining", disable=None)
+                   desc=f"{self.task.name} pretraining",
+                   disable=None if distributed.is_main() else True)
         with _StopOnSigint() as stop:
             try:
                 while self.epoch < self.config.epochs:
@@ -273,16 +289,19 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                     while self.batch < self.steps_per_epoch:
                         t0 = time.perf_counter()
+                        if self.world > 1:
+                            torch.manual_seed(distributed.step_seed(self.config.seed, self.step))
                         x, extra = self._batch(order, self.batch)
                         with autocast(self.precision, self.device):
                             logs = self.task.training_step(x, self.optimizers, **extra)
+                        distributed.average_buffers(self.task)
                         self._note_nonfinite(logs.get("loss"), self.step + 1)
                         for sched in self.schedulers:
                             sched.step()
                         self.batch += 1
                         self.step += 1
-                        self.images_seen += len(x)
-                        window_images += len(x)
+                        self.images_seen += len(x) * self.world
+                        window_images += len(x) * self.world
                         if self.step % self.config.log_every == 0 or \
                                 self.batch == self.steps_per_epoch:
                             values = self._check(logs)
@@ -295,18 +314,20 @@ class Trainer:
                             bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
                         self.train_seconds += time.perf_counter() - t0
                         bar.update(1)
-                        if stop.requested:
+                        if distributed.any_rank(stop.requested):  # all ranks stop together
                             self.save_checkpoint()
+                            distributed.barrier()
                             raise Interrupted(
                                 f"interrupted at step {self.step}/{self.total_steps}; checkpoint "
                                 f"saved to {self.checkpoint_path}; continue with --resume")
                     self.epoch += 1
                     self.batch = 0
                     self.save_checkpoint()
-                    tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: "
-                               f"loss {values['loss']:.4f}, "
-                               f"{self.images_seen / max(self.train_seconds, 1e-9):.0f} images/s",
-                               file=sys.stderr)
+                    if distributed.is_main():
+                        rate = self.images_seen / max(self.train_seconds, 1e-9)
+                        tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: "
+                                   f"loss {values['loss']:.4f}, {rate:.0f} images/s",
+                                   file=sys.stderr)
             finally:
                 bar.close()
         return TrainStats(self.step, self.images_seen, self.train_seconds)
@@ -319,18 +340,25 @@ class Trainer:
             self._first_nonfinite = torch.where(bad, step, self._first_nonfinite)
 
     def _check(self, logs: dict) -> dict[str, float]:
-        """The logs as floats (one host sync per logging step).
+        """The logs as floats, averaged over ranks (one host sync per logging step).
 
         Raises:
-            Diverged: naming the first step whose loss was not finite.
+            Diverged: naming the first step whose loss was not finite on any rank.
         """
-        first = int(self._first_nonfinite)
+        first = int(self._first_nonfinite)  # 0: none; the earliest over ranks otherwise
+        first = distributed.minimum(first or self.total_steps + 1) % (self.total_steps + 1)
         if first:
             raise Diverged(f"the {self.task.name} loss stopped being finite at step {first}; "
                            "lower --lr or check the task options")
-        return {k: float(v) for k, v in logs.items()}
+        keys = list(logs)  # float64 holds a float32 tensor or a Python float exactly
+        values = distributed.mean(torch.stack([
+            torch.as_tensor(logs[k], device=self.device).to(torch.float64).reshape(())
+            for k in keys]))
+        return dict(zip(keys, values.tolist()))
 
     def _log(self, values: dict[str, float], rate: float) -> None:
+        if not distributed.is_main():
+            return
         record = {"step": self.step, "epoch": self.epoch + self.batch / self.steps_per_epoch,
                   **values, "lr": [s.get_last_lr()[0] for s in self.schedulers],
                   "images_per_s": rate}
