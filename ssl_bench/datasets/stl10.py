@@ -6,8 +6,9 @@ https://cs.stanford.edu/~acoates/stl10/).
 The binaries are read here rather than through torchvision's ``STL10``: its loader
 reads the whole 2.7 GB ``unlabeled_X.bin`` into numpy and checks the MD5 of every file
 (all five, for each split) on every construction, while this module copies the file in
-chunks into one contiguous tensor (peak memory ≈ the 2.7 GB of the result) and checks
-sizes only. torchvision still downloads and verifies the archive when it is missing.
+chunks into one contiguous tensor (peak memory: the 2.7 GB result and a 226 MB buffer)
+and checks sizes only. torchvision still downloads and verifies the archive when it is
+missing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FILES = ("unlabeled_X.bin", "train_X.bin", "train_y.bin", "test_X.bin", "test_y.
          "class_names.txt")
 SIDE = 96  # px
 _IMAGE_BYTES = 3 * SIDE * SIDE
-_CHUNK = 8192  # images copied at a time: ≈ 226 MB of page cache per chunk
+_CHUNK = 8192  # images read at a time: a 226 MB buffer
 
 
 def read_images(path: Path) -> torch.Tensor:
@@ -43,13 +44,13 @@ def read_images(path: Path) -> torch.Tensor:
     if size == 0 or size % _IMAGE_BYTES:
         raise DataError(f"{path} has {size} bytes, not a whole number of {SIDE}×{SIDE} RGB "
                         f"images ({_IMAGE_BYTES} bytes each); the copy is truncated or corrupt")
-    # copy-on-write: a writable view (torch warns on read-only arrays), the file untouched
-    stored = np.memmap(path, dtype=np.uint8, mode="c", shape=(size // _IMAGE_BYTES, 3, SIDE, SIDE))
-    images = torch.empty(stored.shape, dtype=torch.uint8)
-    for start in range(0, len(stored), _CHUNK):
-        chunk = np.asarray(stored[start:start + _CHUNK])
-        images[start:start + len(chunk)] = torch.from_numpy(chunk).transpose(2, 3)
-    del stored  # closes the mapping
+    count = size // _IMAGE_BYTES
+    images = torch.empty(count, 3, SIDE, SIDE, dtype=torch.uint8)
+    with open(path, "rb") as f:
+        for start in range(0, count, _CHUNK):
+            chunk = np.fromfile(f, dtype=np.uint8, count=min(_CHUNK, count - start) * _IMAGE_BYTES)
+            images[start:start + _CHUNK] = torch.from_numpy(chunk.reshape(-1, 3, SIDE, SIDE)
+                                                            ).transpose(2, 3)
     return images
 
 
