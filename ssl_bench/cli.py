@@ -55,6 +55,11 @@ def _add_run_parser(sub) -> None:
 def _add_settings(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``sweep``: data, budget, optimizer, evaluation."""
     p.add_argument("--data-root", help="folder with an existing copy of the dataset")
+    p.add_argument("--eval-dataset",
+                   help="labelled dataset whose train/test splits the evaluators use (resized "
+                        "to the pretraining size); --dataset then gives the pretraining images "
+                        "only, e.g. an unlabeled folder (default: --dataset's own labels)")
+    p.add_argument("--eval-data-root", help="folder with an existing copy of --eval-dataset")
     p.add_argument("--image-size", type=int, help="resize images to this side in pixels")
     p.add_argument("--epochs", type=int, default=_default("epochs"),
                    help="pretraining epochs (default: %(default)s)")
@@ -162,7 +167,8 @@ def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
     backbone_options = {k: yaml.safe_load(v) for k, v in
                         _key_values(args.backbone_opt, "--backbone-opt").items()}
     config = RunConfig(
-        data_root=args.data_root, image_size=args.image_size, epochs=args.epochs,
+        data_root=args.data_root, eval_dataset=args.eval_dataset,
+        eval_data_root=args.eval_data_root, image_size=args.image_size, epochs=args.epochs,
         batch_size=args.batch_size, train_subset=args.train_subset,
         eval_train_subset=args.eval_train_subset, test_subset=args.test_subset,
         lowshot=list(args.lowshot), layer_probes=not args.no_layer_probes,

@@ -19,8 +19,8 @@ from ssl_bench.core.rundir import CONFIG
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 # sync_bn, like the world size (config.yaml), says how training is split over processes.
-NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
-                "eval_batch_size", "step0", "tuned", "compile", "sync_bn"}
+NOT_MEASURED = {"data_root", "eval_data_root", "out", "device", "resume", "overwrite", "download",
+                "name", "command", "eval_batch_size", "step0", "tuned", "compile", "sync_bn"}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 # A run name is one path component inside --out: never '.', '..', a separator or hidden.
@@ -34,6 +34,9 @@ class RunConfig:
     Attributes:
         task, backbone, dataset: registry names (``--task``, ``--backbone``, ``--dataset``).
         data_root: an existing copy of the dataset (``--data-root``).
+        eval_dataset: a labelled dataset whose train/test splits the evaluators use
+            instead of ``dataset``'s (``--eval-dataset``; ``None``: ``dataset``'s own).
+        eval_data_root: an existing copy of ``eval_dataset`` (``--eval-data-root``).
         image_size: resize images to this side in pixels (``None``: native).
         epochs: pretraining epochs over the (subset of the) train split.
         batch_size: pretraining images per step.
@@ -79,6 +82,8 @@ class RunConfig:
     backbone: str = "convnet"
     dataset: str = "digits"
     data_root: str | None = None
+    eval_dataset: str | None = None
+    eval_data_root: str | None = None
     image_size: int | None = None
     epochs: int = 20
     batch_size: int = 128

@@ -29,6 +29,7 @@ from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
                                    read_json, remove_temporary_files)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
+from ssl_bench.datasets.pairing import with_eval_data
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
 from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
@@ -145,6 +146,11 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     data, idx, protocol, eval_data = _prepare(config, evaluators)
     spec = data.spec()
     train_idx, eval_idx, test_idx = idx
+    if TASKS.get(config.task).uses_labels and data.pretrain_images is not None:
+        raise OptionError(f"--task {config.task} trains with the labels of its pretraining "
+                          f"images, but --dataset {config.dataset} pretrains on unlabeled ones "
+                          f"({data.pretrain_split}); give a labelled --dataset without "
+                          "--eval-dataset")
     if pretrains and config.batch_size > len(train_idx):
         raise OptionError(f"--batch-size {config.batch_size} is larger than the "
                           f"{len(train_idx)} pretraining images; give at most "
@@ -172,6 +178,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         atomic_write_yaml(run_dir / CONFIG, {
             **settings, "task_overrides": config.task_options, "config_id": config_key,
             "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
+                     "pretrain_split": data.pretrain_split,
+                     "labelled_from": config.eval_dataset or config.dataset,
                      "eval_train_images": len(eval_idx), "test_images": len(test_idx),
                      "lowshot_labels": protocol.lowshot, "channels": spec.channels,
                      "image_size": spec.image_size, "num_classes": data.num_classes},
@@ -179,9 +187,11 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
             "world_size": world, "versions": versions(), "git_commit": git_commit(),
         })
 
-    trainer = Trainer(task, data.train_images[train_idx], spec.hflip,
-                      TrainConfig(epochs, config.batch_size, config.seed), optims, run_dir, device,
-                      labels=data.train_labels[train_idx], precision=precision,
+    # a whole split goes uncopied (STL-10's unlabeled split is 2.7 GB)
+    pretrain = data.pretraining if config.train_subset is None else data.pretraining[train_idx]
+    labels = data.train_labels[train_idx] if data.pretrain_images is None else None
+    trainer = Trainer(task, pretrain, spec.hflip, TrainConfig(epochs, config.batch_size,
+                      config.seed), optims, run_dir, device, labels=labels, precision=precision,
                       compile=config.compile)
     eval_settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
                                  precision, config.bn_recalibrate)
@@ -243,11 +253,17 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
 def _prepare(config: RunConfig, evaluators: dict) -> tuple[ImageData, tuple[torch.Tensor, ...],
                                                            Protocol, EvalData]:
-    """The data of a run: the dataset, the pretraining / labelled / test indices, the
-    evaluation protocol and what every evaluation sees."""
+    """The data of a run: the dataset (with ``--eval-dataset``'s labelled splits), the
+    pretraining / labelled / test indices, the evaluation protocol and what every
+    evaluation sees."""
     data: ImageData = load_dataset(config.dataset, config.data_root, config.image_size,
-                                   download=config.download)
-    train_idx = subset_indices(len(data.train_images), config.train_subset, config.seed)
+                                   download=config.download,
+                                   need_labels=config.eval_dataset is None)
+    labelled = None if config.eval_dataset is None else load_dataset(
+        config.eval_dataset, config.eval_data_root, data.image_size, download=config.download,
+        option="--eval-dataset")
+    data = with_eval_data(data, labelled, config.dataset, config.eval_dataset)
+    train_idx = subset_indices(len(data.pretraining), config.train_subset, config.seed)
     # seed 0, not the run's: every run is scored against the same labelled images
     eval_idx = balanced_subset_indices(data.train_labels, config.eval_train_subset, seed=0)
     test_idx = balanced_subset_indices(data.test_labels, config.test_subset, seed=0,
@@ -270,8 +286,9 @@ def _announce(config: RunConfig, data: ImageData, idx: tuple[torch.Tensor, ...],
         print(f"warning: --lowshot {', '.join(dropped)} left out: fewer than "
               f"{MIN_LOWSHOT_PER_CLASS} labels per class of {data.name}", file=sys.stderr)
     train_idx, eval_idx, test_idx = idx
-    print(f"data: {data.name}, {len(train_idx):,} pretraining / {len(eval_idx):,} labelled / "
-          f"{len(test_idx):,} test images, {data.num_classes} classes, {data.image_size} px, "
+    print(f"data: {data.name}, {len(train_idx):,} pretraining images ({data.pretrain_split}); "
+          f"{len(eval_idx):,} labelled / {len(test_idx):,} test images of "
+          f"{config.eval_dataset or data.name}, {data.num_classes} classes, {data.image_size} px, "
           f"{data.channels} channel(s); evaluators {', '.join(protocol.evaluators)}"
           f"{', layer probes' if config.layer_probes else ''}; {device}, {precision}",
           file=sys.stderr)

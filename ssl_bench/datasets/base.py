@@ -1,8 +1,9 @@
 """The decoded form of every dataset, and loading one by its ``--dataset`` name.
 
 Every dataset is loaded into an :class:`ImageData`: ``uint8`` tensors of shape
-``(N, C, H, W)`` for the train and test splits plus integer labels. Labels are
-handed to evaluators only; pretext tasks see images alone. Decoded tensors are
+``(N, C, H, W)`` for the train and test splits plus integer labels, and optionally
+unlabeled pretraining images (STL-10's ``unlabeled`` split, a folder's ``unlabeled/``).
+Labels are handed to evaluators only; pretext tasks see images alone. Decoded tensors are
 cached under ``$SSL_BENCH_CACHE`` (default ``~/.cache/ssl-bench``) so a folder of
 JPEGs is decoded once, not once per run.
 """
@@ -17,7 +18,7 @@ from typing import Callable
 import torch
 
 from ssl_bench.core.errors import DataError, OptionError
-from ssl_bench.core.images import resize_uint8
+from ssl_bench.core.images import resize_uint8, to_float
 from ssl_bench.core.registry import DATASETS
 from ssl_bench.core.spec import DataSpec
 from ssl_bench.core.subsets import subset_indices
@@ -27,7 +28,8 @@ IMAGEFOLDER_PREFIX = "imagefolder:"
 
 @dataclass
 class ImageData:
-    """A labelled dataset with a train and a test split, decoded to memory.
+    """A dataset decoded to memory: pretraining images, and labelled train and test
+    splits for the evaluators.
 
     Attributes:
         name: the ``--dataset`` name.
@@ -38,6 +40,13 @@ class ImageData:
         class_names: one name per class index.
         hflip: whether a horizontal flip keeps an image natural (photos yes,
             digits no); the trainer flips batches at random when it does.
+        pretrain_images: ``uint8`` ``(N_pretrain, C, H, W)`` unlabeled pretraining
+            images; ``None``: pretraining uses ``train_images``.
+        pretrain_split: where the pretraining images come from, for messages
+            (``"train"``, ``"unlabeled"``, ``"unlabeled/"``, ``"all images"``).
+
+    Data with pretraining images only (a flat folder) has empty labelled splits
+    (``(0, C, H, W)``) and no class names; :attr:`labelled` is then ``False``.
     """
 
     name: str
@@ -47,14 +56,26 @@ class ImageData:
     test_labels: torch.Tensor
     class_names: list[str]
     hflip: bool
+    pretrain_images: torch.Tensor | None = None
+    pretrain_split: str = "train"
+
+    @property
+    def pretraining(self) -> torch.Tensor:
+        """The pretraining images, ``uint8`` ``(N_pretrain, C, H, W)``."""
+        return self.train_images if self.pretrain_images is None else self.pretrain_images
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data has labelled splits for the evaluators."""
+        return bool(self.class_names)
 
     @property
     def channels(self) -> int:
-        return int(self.train_images.shape[1])
+        return int(self.pretraining.shape[1])
 
     @property
     def image_size(self) -> int:
-        return int(self.train_images.shape[-1])
+        return int(self.pretraining.shape[-1])
 
     @property
     def num_classes(self) -> int:
@@ -62,11 +83,11 @@ class ImageData:
 
     def spec(self) -> DataSpec:
         """What a pretext task may know of the data: shapes and the channel mean and
-        std of a seeded spread of ≤ 10,000 train images (an ImageFolder split is sorted
-        by class, so its first images would be one or two classes)."""
-        spread = subset_indices(len(self.train_images), min(10_000, len(self.train_images)),
-                                seed=0)
-        x = self.train_images[spread].float() / 255.0
+        std of a seeded spread of ≤ 10,000 pretraining images (an ImageFolder split is
+        sorted by class, so its first images would be one or two classes)."""
+        images = self.pretraining
+        spread = subset_indices(len(images), min(10_000, len(images)), seed=0)
+        x = to_float(images[spread])  # in place: 1.1 GB for 10,000 STL-10 images
         return DataSpec(
             name=self.name, channels=self.channels, image_size=self.image_size,
             mean=tuple(x.mean(dim=(0, 2, 3)).tolist()),
@@ -74,10 +95,12 @@ class ImageData:
             num_classes=self.num_classes)
 
     def resized(self, size: int) -> "ImageData":
-        """A copy with both splits resized to ``size``×``size`` (bilinear, antialiased)."""
+        """A copy with every split resized to ``size``×``size`` (bilinear, antialiased)."""
+        pretrain = None if self.pretrain_images is None else resize_uint8(self.pretrain_images,
+                                                                          size)
         return ImageData(self.name, resize_uint8(self.train_images, size), self.train_labels,
                          resize_uint8(self.test_images, size), self.test_labels,
-                         self.class_names, self.hflip)
+                         self.class_names, self.hflip, pretrain, self.pretrain_split)
 
 
 def cache_dir() -> Path:
@@ -91,7 +114,8 @@ def default_data_root(name: str) -> Path:
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: int | None = None,
-                 download: bool = True) -> ImageData:
+                 download: bool = True, option: str = "--dataset",
+                 need_labels: bool = False) -> ImageData:
     """Load a dataset by ``--dataset`` name.
 
     Args:
@@ -102,30 +126,38 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
         image_size: resize both splits to this side in pixels; ``None`` keeps the
             native size (an ImageFolder tree is decoded at 64 px by default).
         download: fetch torchvision datasets that are missing under ``root``.
+        option: the option that named the dataset, for messages.
+        need_labels: refuse an ``imagefolder:`` of unlabeled images only before
+            decoding it (the message points at ``--eval-dataset``).
 
     Returns:
-        The decoded :class:`ImageData`.
+        The decoded :class:`ImageData`; it may have pretraining images only (a flat
+        folder: see :func:`ssl_bench.datasets.pairing.load_run_data` for pairing it
+        with labelled data).
 
     Raises:
         UnknownNameError: unknown dataset name (lists the valid ones).
         DataError: a missing/empty folder (says which layout is expected), a
             failed download, a corrupt image (names the file), or too few classes
-            or images to score (see :func:`check_label_counts`).
+            or images to score (see :func:`check_label_counts`), an unlabeled
+            folder when ``need_labels``.
     """
     if image_size is not None and image_size < 8:
         raise OptionError(f"--image-size must be at least 8 pixels, got {image_size}")
     if not name.startswith(IMAGEFOLDER_PREFIX) and ("/" in name or Path(name).is_dir()):
-        raise OptionError(f"--dataset {name}: for a folder of your own images give "
-                          f"--dataset {IMAGEFOLDER_PREFIX}{name}")
+        raise OptionError(f"{option} {name}: for a folder of your own images give "
+                          f"{option} {IMAGEFOLDER_PREFIX}{name}")
     if name.startswith(IMAGEFOLDER_PREFIX):
         from ssl_bench.datasets.imagefolder import load_imagefolder
 
         path = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
-        data = load_imagefolder(path, name, hflip=True, image_size=image_size)
+        data = load_imagefolder(path, name, hflip=True, image_size=image_size,
+                                need_labels=need_labels)
     else:
         loader: Callable[..., ImageData] = DATASETS.get(name)
         data = loader(Path(root).expanduser() if root else None, download)
-    check_label_counts(data.name, data.train_labels, data.num_classes, len(data.test_labels))
+    if data.labelled:
+        check_label_counts(data.name, data.train_labels, data.num_classes, len(data.test_labels))
     return data.resized(image_size) if image_size else data
 
 

@@ -1,8 +1,10 @@
-"""``imagefolder:<path>``: your own images in ImageFolder layout, decoded once and cached."""
+"""``imagefolder:<path>``: your own images in ImageFolder layout (or unlabeled), decoded once
+and cached."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +20,11 @@ from ssl_bench.datasets.base import ImageData, cache_dir, check_label_counts
 TEST_SPLIT_NAMES = ("test", "val", "validation", "valid")
 IMAGEFOLDER_LAYOUT = ("<root>/train/<class>/<image> and <root>/test/<class>/<image> "
                       f"(or {', '.join(n + '/' for n in TEST_SPLIT_NAMES[1:])} instead of test/)")
+#: The folder of pretraining images that need no classes.
+UNLABELED_SPLIT = "unlabeled"
+UNLABELED_LAYOUT = (f"<root>/{UNLABELED_SPLIT}/<any depth>/<image> for pretraining (train/ + "
+                    "test/ beside it optional), or a folder of images without train/ and test/ "
+                    "(pretraining only: give --eval-dataset)")
 IMAGEFOLDER_DEFAULT_SIZE = 64  # px, when --image-size is not given
 
 
@@ -72,13 +79,75 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | Non
     return digest.hexdigest()[:16]
 
 
-def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None,
-                     num_classes: int | None = None) -> ImageData:
-    """Decode an ImageFolder tree (``train/`` + ``test/``, or one of
-    :data:`TEST_SPLIT_NAMES` for the scored split) to uint8 tensors.
+def _list_unlabeled(folder: Path) -> list[tuple[str, int]]:
+    """Every image under ``folder`` at any depth (hidden files and folders skipped),
+    sorted, each with label -1."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-    ``train/`` gives the pretraining images and the evaluators' labelled images (their
-    validation part is carved from it); the scored split is used for test top-1 only.
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .ipynb_checkpoints
+        found += [os.path.join(parent, f) for f in files
+                  if not f.startswith(".") and has_file_allowed_extension(f, IMG_EXTENSIONS)]
+    return [(path, -1) for path in sorted(found)]
+
+
+def _list_tree(root: Path, name: str, num_classes: int | None
+               ) -> tuple[dict[str, list[tuple[str, int]]], list[str], str]:
+    """The samples of each split of ``root`` (``train``, ``test``, ``unlabeled``; a
+    missing split is an empty list), the class names and the name of the scored split."""
+    test_name = next((s for s in TEST_SPLIT_NAMES if (root / s).is_dir()), None)
+    has_train = (root / "train").is_dir()
+    unlabeled_dir = root / UNLABELED_SPLIT
+    splits: dict[str, list[tuple[str, int]]] = {"train": [], "test": [], UNLABELED_SPLIT: []}
+    classes: list[str] = []
+    if has_train != (test_name is not None) or (num_classes is not None and not has_train):
+        raise DataError(f"{root} lacks train/ and test/ subfolders; expected {IMAGEFOLDER_LAYOUT}")
+    if has_train:
+        unused = [s for s in TEST_SPLIT_NAMES if s != test_name and (root / s).is_dir()]
+        if unused:
+            print(f"{name}: scoring on {test_name}/; {', '.join(u + '/' for u in unused)} "
+                  "unused", file=sys.stderr)
+        (splits["train"], classes), (splits["test"], test_classes) = (
+            _list_split(root / "train"), _list_split(root / test_name))
+        if classes != test_classes:
+            raise DataError(f"{root}/train and {root}/{test_name} have different class folders")
+        if num_classes is not None and len(classes) != num_classes:  # CIFAR-10 as cifar100
+            raise DataError(f"--data-root {root} has {len(classes)} class folders; "
+                            f"--dataset {name} has {num_classes}")
+        check_label_counts(name, torch.tensor([label for _, label in splits["train"]]),
+                           len(classes), len(splits["test"]))  # before decoding anything
+    if unlabeled_dir.is_dir() or not has_train:
+        splits[UNLABELED_SPLIT] = _list_unlabeled(unlabeled_dir if unlabeled_dir.is_dir()
+                                                  else root)
+        if not splits[UNLABELED_SPLIT]:
+            where = unlabeled_dir if unlabeled_dir.is_dir() else root
+            raise DataError(f"{where} holds no images and {root} lacks train/ and test/ "
+                            f"subfolders; expected {IMAGEFOLDER_LAYOUT}, or {UNLABELED_LAYOUT}")
+    return splits, classes, test_name or "test"
+
+
+def unlabeled_only(name: str, count: int, split: str) -> str:
+    """The message refusing a ``--dataset`` of unlabeled images without ``--eval-dataset``."""
+    return (f"--dataset {name} holds unlabeled images only ({count:,}, {split}); give "
+            "--eval-dataset with labelled images for the evaluators, e.g. --eval-dataset "
+            f"imagefolder:<root> with {IMAGEFOLDER_LAYOUT}")
+
+
+def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None,
+                     num_classes: int | None = None, need_labels: bool = False) -> ImageData:
+    """Decode an ImageFolder tree to uint8 tensors.
+
+    Layouts (see :data:`IMAGEFOLDER_LAYOUT`, :data:`UNLABELED_LAYOUT`):
+
+    * ``train/`` + ``test/`` (or one of :data:`TEST_SPLIT_NAMES` for the scored split):
+      ``train/`` gives the pretraining images and the evaluators' labelled images (their
+      validation part is carved from it); the scored split is used for test top-1 only.
+    * ``unlabeled/`` (images at any depth, no classes): the pretraining images; a
+      ``train/`` + ``test/`` beside it gives the labelled splits.
+    * a folder of images (any depth) without ``train/`` and ``test/``: pretraining
+      images only; the returned data has empty labelled splits.
+
     Images are decoded as RGB, or as one channel when every image of the tree is grey
     (R = G = B), each resized on its shorter side and centre-cropped to a square of
     ``image_size`` px (``None``: :data:`IMAGEFOLDER_DEFAULT_SIZE`). Hidden folders are skipped.
@@ -86,54 +155,60 @@ def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None,
     relative path, size and modification time (see :func:`_cache_key`).
 
     Args:
-        num_classes: the class count a known dataset must have (``None``: any).
+        num_classes: the class count a known dataset must have (``None``: any); such a
+            dataset needs ``train/`` + ``test/``.
+        need_labels: refuse a tree without ``train/`` + ``test/`` before decoding it.
 
     Raises:
         DataError: a missing folder or split, no class folders, no images, mismatched
             class folders between splits, another class count than ``num_classes``,
-            too few classes or images to score, or an undecodable file (named).
+            too few classes or images to score, no labels when ``need_labels``, or an
+            undecodable file (named).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; expected {IMAGEFOLDER_LAYOUT}")
-    test_name = next((s for s in TEST_SPLIT_NAMES if (root / s).is_dir()), None)
-    if not (root / "train").is_dir() or test_name is None:
-        raise DataError(f"{root} lacks train/ and test/ subfolders; expected {IMAGEFOLDER_LAYOUT}")
-    unused = [s for s in TEST_SPLIT_NAMES if s != test_name and (root / s).is_dir()]
-    if unused:
-        print(f"{name}: scoring on {test_name}/; {', '.join(u + '/' for u in unused)} unused",
-              file=sys.stderr)
-    (train_samples, classes), (test_samples, test_classes) = (
-        _list_split(root / "train"), _list_split(root / test_name))
-    if classes != test_classes:
-        raise DataError(f"{root}/train and {root}/{test_name} have different class folders")
-
-    if num_classes is not None and len(classes) != num_classes:  # e.g. CIFAR-10 as cifar100
-        raise DataError(f"--data-root {root} has {len(classes)} class folders; "
-                        f"--dataset {name} has {num_classes}")
-    check_label_counts(name, torch.tensor([label for _, label in train_samples]), len(classes),
-                       len(test_samples))  # before decoding anything
-    key = _cache_key(root, train_samples + test_samples, image_size)
+    splits, classes, test_name = _list_tree(root, name, num_classes)
+    unlabeled = splits[UNLABELED_SPLIT]
+    pretrain_split = ("train" if not unlabeled else
+                      f"{UNLABELED_SPLIT}/" if (root / UNLABELED_SPLIT).is_dir() else "all images")
+    if need_labels and not classes:
+        raise DataError(unlabeled_only(name, len(unlabeled), pretrain_split))
+    key = _cache_key(root, [s for samples in splits.values() for s in samples], image_size)
     cached = cache_dir() / "decoded" / f"{name.replace(':', '_').replace('/', '_')[:40]}-{key}.pt"
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
-        return ImageData(name, blob["xtr"], blob["ytr"], blob["xte"], blob["yte"], classes, hflip)
+    else:
+        size = image_size or IMAGEFOLDER_DEFAULT_SIZE
+        counts = [f"{len(splits['train'])} train and {len(splits['test'])} {test_name}"
+                  if classes else "", f"{len(unlabeled)} unlabeled" if unlabeled else ""]
+        print(f"{name}: decoding {' and '.join(c for c in counts if c)} images at "
+              f"{size}×{size} px (resized on the short side, centre-cropped; --image-size "
+              f"changes it), cached in {cached.parent}", file=sys.stderr)
+        blob = _decode_splits(splits, size)
+        atomic_torch_save(blob, cached)
+    return ImageData(name, blob["xtr"], blob["ytr"], blob["xte"], blob["yte"], classes, hflip,
+                     blob.get("xun"), pretrain_split)
 
-    size = image_size or IMAGEFOLDER_DEFAULT_SIZE
-    print(f"{name}: decoding {len(train_samples)} train and {len(test_samples)} {test_name} "
-          f"images at {size}×{size} px (resized on the short side, centre-cropped; "
-          f"--image-size changes it), cached in {cached.parent}", file=sys.stderr)
-    splits = []
+
+def _decode_splits(splits: dict[str, list[tuple[str, int]]], size: int) -> dict:
+    """The cache blob: ``xtr``/``ytr``, ``xte``/``yte`` (``uint8`` ``(N, C, size, size)``,
+    ``int64`` ``(N,)``; empty for a folder without labels) and, when there are
+    unlabeled images, ``xun``; one channel when every image is grey."""
+    images = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for samples in (train_samples, test_samples):
+        for split, samples in splits.items():
             arrays = list(pool.map(lambda s: _decode(s[0], size), samples, chunksize=256))
-            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-            splits.append((images, torch.tensor([s[1] for s in samples], dtype=torch.long)))
-    (xtr, ytr), (xte, yte) = splits
-    if all(_is_grey(x) for x in (xtr, xte)):  # keep one channel: no fake colour for colour tasks
-        xtr, xte = xtr[:, :1].contiguous(), xte[:, :1].contiguous()
-    atomic_torch_save({"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}, cached)
-    return ImageData(name, xtr, ytr, xte, yte, classes, hflip)
+            images[split] = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+                             if arrays else torch.empty(0, 3, size, size, dtype=torch.uint8))
+    if all(_is_grey(x) for x in images.values()):  # one channel: no fake colour for colour tasks
+        images = {split: x[:, :1].contiguous() for split, x in images.items()}
+    blob = {"xtr": images["train"], "xte": images["test"],
+            **{y: torch.tensor([s[1] for s in splits[split]], dtype=torch.long)
+               for y, split in (("ytr", "train"), ("yte", "test"))}}
+    if splits[UNLABELED_SPLIT]:
+        blob["xun"] = images[UNLABELED_SPLIT]
+    return blob
 
 
 def _is_grey(images: torch.Tensor) -> bool:

@@ -1,4 +1,4 @@
-"""torchvision's datasets: MNIST, Fashion-MNIST, CIFAR-10/100, SVHN, STL-10.
+"""torchvision's datasets: MNIST, Fashion-MNIST, CIFAR-10/100, SVHN (STL-10: :mod:`.stl10`).
 
 Each is downloaded to the cache folder unless ``--data-root`` holds a copy in
 torchvision's layout (CIFAR also takes an ImageFolder tree ``train/`` + ``test/``).
@@ -87,5 +87,3 @@ DATASETS.register("cifar10")(_cifar("cifar10", "CIFAR10", 10))
 DATASETS.register("cifar100")(_cifar("cifar100", "CIFAR100", 100))
 DATASETS.register("svhn")(_torchvision_dataset("svhn", "SVHN", False, hflip=False,
                                                split_kw=({"split": "train"}, {"split": "test"})))
-DATASETS.register("stl10")(_torchvision_dataset("stl10", "STL10", False, hflip=True,
-                                                split_kw=({"split": "train"}, {"split": "test"})))
