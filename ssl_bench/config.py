@@ -69,6 +69,8 @@ class RunConfig:
         download: let torchvision download a missing dataset.
         name: run directory name (default: derived, see :func:`run_name`).
         tuned: the ``ssl-bench tune`` file whose settings this run took, if any.
+        init_from: a finished run directory (absolute path) whose evaluated backbone
+            this run starts from (``--init-from``; see :mod:`ssl_bench.export`).
         command: the command line that made the run.
     """
 
@@ -107,6 +109,7 @@ class RunConfig:
     download: bool = True
     name: str | None = None
     tuned: str | None = None
+    init_from: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:

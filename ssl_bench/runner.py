@@ -21,6 +21,7 @@ from ssl_bench.config import RunConfig, config_id, recorded_differences, run_nam
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
+from ssl_bench.core.memory import peak_memory, reset_peak_memory
 from ssl_bench.core.precision import resolve_precision
 from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
@@ -29,6 +30,7 @@ from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
+from ssl_bench.export import init_backbone
 from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
 from tasks.base import OptimConfig, PretextTask, count_parameters, held_out_rng
@@ -146,6 +148,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
+    if config.init_from:
+        init_backbone(task, config.init_from, config.backbone, run_dir)
     optims = resolve_optims(task, config)
     epochs = config.epochs if task.pretrains else 0
     settings = {**config.to_dict(), "task_options": options_to_dict(task.options),
@@ -180,11 +184,13 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
     try:
         step0 = _step0_reference(task, trainer, evaluate, config, run_dir)
+        reset_peak_memory(device)
         stats = trainer.fit(resume=config.resume)
     except Exception:
         if fresh and not trainer.checkpoint_path.exists():  # nothing worth resuming
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    memory = peak_memory(device)  # of pretraining (CUDA) / of the process so far (RSS)
     final, test_x = evaluate()
     step0_seconds = step0["eval_seconds"] if step0 is not None else 0.0
     if config.step0 and not task.pretrains:
@@ -213,7 +219,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                  "task_params": count_parameters(task),
                  "backbone_gflops_per_image": backbone_gflops(task, spec, device),
                  "feature_dim": int(test_x.shape[1]), "device": str(device),
-                 "precision": precision},
+                 "precision": precision, **memory},
         "summary": task.summary(), "config": settings, "command": config.command,
         "figures": figures, "feature_sample": sample,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -280,6 +286,8 @@ def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, data.spec(), config.task_options,
                       config.backbone_options).to(device)
+    if config.init_from and not (run_dir / CHECKPOINT).exists():  # an untrained reference
+        init_backbone(task, config.init_from, config.backbone, run_dir)
     if (run_dir / CHECKPOINT).exists():
         state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
         try:
