@@ -20,6 +20,9 @@ from ssl_bench.core.rundir import CONFIG
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 NOT_MEASURED = {"data_root", "out", "device", "resume", "overwrite", "download", "name", "command",
                 "eval_batch_size", "step0", "tuned", "compile"}
+# Settings added after runs were recorded, with their default: left out of the config_id
+# at that default, so the runs recorded before keep theirs.
+ADDED_LATER = {"init_from": None}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 # A run name is one path component inside --out: never '.', '..', a separator or hidden.
@@ -181,7 +184,8 @@ def config_id(settings: dict[str, Any]) -> str:
         settings: resolved settings as recorded in ``results.json`` ``config``
             (``RunConfig`` fields with the task's resolved options and optimizers).
     """
-    measured = {k: v for k, v in settings.items() if k not in NOT_MEASURED and k != "seed"}
+    measured = {k: v for k, v in settings.items() if k not in NOT_MEASURED and k != "seed"
+                and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -267,9 +267,9 @@ def init_backbone(task: PretextTask, source: str | Path, backbone: str,
         mine.load_state_dict(src.state_dict(), strict=True)
     except RuntimeError as exc:
         detail = next((s.strip() for s in str(exc).splitlines()[1:] if s.strip()), str(exc))
-        raise OptionError(f"--init-from {source}: its {backbone} (built for {src.img_size} px) "
-                          f"does not fit this run's (built for {mine.img_size} px): "
-                          f"{detail[:200]}") from None
+        raise OptionError(f"--init-from {source}: its {backbone} does not fit this run's "
+                          f"({detail.rstrip('.')}); give a run made with the same --backbone-opt "
+                          "and image size") from None
 
 
 def _to_plain_keys(weights: dict[str, torch.Tensor], plain: nn.Module,
