@@ -148,7 +148,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
-    if config.init_from:
+    if config.init_from and not (config.resume and (run_dir / CHECKPOINT).exists()):
         init_backbone(task, config.init_from, config.backbone, run_dir)
     optims = resolve_optims(task, config)
     epochs = config.epochs if task.pretrains else 0

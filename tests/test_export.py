@@ -164,3 +164,16 @@ def test_peak_memory_is_recorded_and_on_the_leaderboard(runs, tmp_path):
     column = [c.strip() for c in table[0].split("|")].index("peak memory (MiB)")
     cells = sorted(row.split("|")[column].strip() for row in table[2:4])
     assert cells == [f"{cost['peak_memory_mib']:.0f}", "–"]
+
+
+@pytest.mark.parametrize("platform, mib", [("linux", 2048.0), ("darwin", 2.0)])
+def test_peak_rss_is_kilobytes_on_linux_and_bytes_on_macos(monkeypatch, platform, mib):
+    import resource
+    from types import SimpleNamespace
+
+    from ssl_bench.core import memory
+
+    monkeypatch.setattr(memory.sys, "platform", platform)
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=2 << 20))
+    assert memory.peak_memory(torch.device("cpu")) == {"peak_memory_mib": mib,
+                                                       "peak_memory_kind": "rss"}
