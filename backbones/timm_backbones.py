@@ -39,7 +39,7 @@ class TimmCNN(Backbone):
             raise IncompatibleError(
                 f"backbone {model_name!r} cannot be built at width_multiplier={width_multiplier}; "
                 "only convnet and vit_tiny scale their width")
-        self.in_chans, self.img_size = in_chans, img_size
+        self.in_chans, self.img_size, self.small_stem = in_chans, img_size, small_stem
         body = timm.create_model(model_name, pretrained=False, features_only=True,
                                  in_chans=in_chans)
         if small_stem:

@@ -7,6 +7,7 @@ import dataclasses
 import shlex
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from ssl_bench.config import RunConfig
@@ -49,6 +50,9 @@ def _add_run_parser(sub) -> None:
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     resume.add_argument("--overwrite", action="store_true", help="delete an existing run directory")
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="start from the evaluated backbone of this finished run (same --backbone "
+                        "and channels; recorded in config.yaml and the run name)")
     _add_settings(p)
 
 
@@ -193,7 +197,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     config = _config(args, " ".join(["ssl-bench", *map(shlex.quote, argv)]),
                      task=args.task, backbone=args.backbone, dataset=args.dataset,
-                     seed=args.seed, name=args.name, resume=args.resume, overwrite=args.overwrite)
+                     seed=args.seed, name=args.name, resume=args.resume, overwrite=args.overwrite,
+                     init_from=str(Path(args.init_from).resolve()) if args.init_from else None)
     results = run_experiment(config)
     if distributed.is_main():
         _print_results(results)
@@ -267,6 +272,18 @@ def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
     metrics = record["metrics"]
     print(f"wrote {args.output}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                                if "top1" in k and "val" not in k))
+    return 0
+
+
+def _export(args: argparse.Namespace, _: list[str]) -> int:
+    from ssl_bench.export import export_run
+
+    with _writing(args.output):
+        meta = export_run(args.run_dir, args.output, args.format, args.overwrite)
+    model = meta["model"]
+    print(f"wrote {args.output}: the {meta['backbone']} backbone of run {meta['run']} "
+          f"({meta['task']}), loads into {model['library']} {model.get('name', model.get('class'))}"
+          f" with strict=True")
     return 0
 
 
@@ -368,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bn-recalibrate", action="store_true",
                     help="re-estimate BatchNorm statistics on clean, full-size train images")
     ev.add_argument("-o", "--output", required=True, help="JSON file to write")
+    ex = sub.add_parser("export", help="write a finished run's evaluated backbone weights",
+                        description="Write the backbone whose features a finished run evaluated, "
+                                    "in the key layout of its plain model (timm.create_model(name,"
+                                    " num_classes=0, …) or ConvNet), with metadata saying how to "
+                                    "build it and normalise its input.")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("-o", "--output", required=True, help="file to write")
+    ex.add_argument("--format", choices=["safetensors", "state_dict"], default="safetensors",
+                    help="safetensors, or a torch.save'd {'state_dict', 'metadata'} "
+                         "(default: %(default)s)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     return parser
 
 
@@ -377,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     handlers = {"run": _run, "sweep": _sweep, "tune": _tune, "list": _list,
-                "leaderboard": _leaderboard, "report": _report, "evaluate": _evaluate}
+                "leaderboard": _leaderboard, "report": _report, "evaluate": _evaluate,
+                "export": _export}
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:

@@ -21,6 +21,9 @@ from ssl_bench.core.rundir import CONFIG
 # sync_bn, like the world size (config.yaml), says how training is split over processes.
 NOT_MEASURED = {"data_root", "eval_data_root", "out", "device", "resume", "overwrite", "download",
                 "name", "command", "eval_batch_size", "step0", "tuned", "compile", "sync_bn"}
+# Settings added after runs were recorded, with their default: left out of the config_id
+# at that default, so the runs recorded before keep theirs.
+ADDED_LATER = {"init_from": None, "eval_dataset": None}
 # The run directory's name spells these out; its hash covers the other measured settings.
 _NAMED = {"task", "backbone", "dataset", "seed"}
 # A run name is one path component inside --out: never '.', '..', a separator or hidden.
@@ -75,6 +78,8 @@ class RunConfig:
         download: let torchvision download a missing dataset.
         name: run directory name (default: derived, see :func:`run_name`).
         tuned: the ``ssl-bench tune`` file whose settings this run took, if any.
+        init_from: a finished run directory (absolute path) whose evaluated backbone
+            this run starts from (``--init-from``; see :mod:`ssl_bench.export`).
         command: the command line that made the run.
     """
 
@@ -116,6 +121,7 @@ class RunConfig:
     download: bool = True
     name: str | None = None
     tuned: str | None = None
+    init_from: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -187,7 +193,8 @@ def config_id(settings: dict[str, Any]) -> str:
         settings: resolved settings as recorded in ``results.json`` ``config``
             (``RunConfig`` fields with the task's resolved options and optimizers).
     """
-    measured = {k: v for k, v in settings.items() if k not in NOT_MEASURED and k != "seed"}
+    measured = {k: v for k, v in settings.items() if k not in NOT_MEASURED and k != "seed"
+                and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -30,7 +30,8 @@ GROUP = ["task", "backbone", "dataset", "config_id"]
 # Budget and model facts that every seed of a configuration shares.
 SETTINGS = ["epochs", "batch_size", "images_seen", "steps", "pretrain_images",
             "eval_train_images", "test_images"]
-COST_SETTINGS = ["backbone_params", "task_params", "backbone_gflops_per_image", "feature_dim"]
+COST_SETTINGS = ["backbone_params", "task_params", "backbone_gflops_per_image", "feature_dim",
+                 "peak_memory_kind"]
 TAIL = ["run", "command"]
 #: The resolved task options of a run, as sorted JSON (labels configurations apart).
 OPTIONS = "task_options"
@@ -249,7 +250,7 @@ def headline_metrics(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
     """The readable table's metrics that the runs have, as (metric, header, decimals):
     k-NN top-1 at the smallest k, linear top-1, its gain over the step-0 reference,
     linear top-1 at each low-shot percentage (ascending), the best layer's linear
-    top-1, training seconds."""
+    top-1, training seconds, peak memory (MiB)."""
     metrics = {c[:-len("_mean")] for c in summary.columns if c.endswith("_mean")}
     knn = knn_column(metrics)
     lowshot = sorted((float(m.group(1)), c) for c in metrics
@@ -259,7 +260,7 @@ def headline_metrics(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
                ("gain_linear_top1", "linear top-1 gain over step 0 (points)", 1)]
     chosen += [(c, f"linear top-1, {p:g}% labels (%)", 1) for p, c in lowshot]
     chosen += [("layer_best_linear_top1", "best layer, linear top-1 (%)", 1),
-               ("train_seconds", "train (s)", 0)]
+               ("train_seconds", "train (s)", 0), ("peak_memory_mib", "peak memory (MiB)", 0)]
     return [(c, header, decimals) for c, header, decimals in chosen if c in metrics]
 
 

@@ -22,6 +22,7 @@ from ssl_bench.config import RunConfig, config_id, recorded_differences, run_nam
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
+from ssl_bench.core.memory import peak_memory, reset_peak_memory
 from ssl_bench.core.precision import resolve_precision
 from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
@@ -31,6 +32,7 @@ from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.datasets.pairing import with_eval_data
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
+from ssl_bench.export import init_backbone
 from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
 from tasks.base import OptimConfig, PretextTask, count_parameters, held_out_rng
@@ -158,6 +160,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, spec, config.task_options,
                       config.backbone_options).to(device)
+    if config.init_from and not (config.resume and (run_dir / CHECKPOINT).exists()):
+        init_backbone(task, config.init_from, config.backbone, run_dir)
     if config.sync_bn:
         task = distributed.sync_batchnorm(task, device)
     optims = resolve_optims(task, config)
@@ -202,11 +206,13 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     try:
         step0 = distributed.on_main(
             lambda: _step0_reference(task, trainer, evaluate, config, run_dir), task)
+        reset_peak_memory(device)
         stats = trainer.fit(resume=config.resume)
     except Exception:
         if fresh and not trainer.checkpoint_path.exists():  # nothing worth resuming
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    memory = peak_memory(device)  # of pretraining (CUDA) / of the process so far (RSS)
 
     def finish() -> dict[str, Any]:
         """Evaluate, draw and write ``results.json`` (rank 0 alone)."""
@@ -239,7 +245,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                      "task_params": count_parameters(task),
                      "backbone_gflops_per_image": backbone_gflops(task, spec, device),
                      "feature_dim": int(test_x.shape[1]), "device": str(device),
-                     "precision": precision, "world_size": world},
+                     "precision": precision, "world_size": world, **memory},
             "summary": task.summary(), "config": settings, "command": config.command,
             "figures": figures, "feature_sample": sample,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -316,6 +322,8 @@ def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, data.spec(), config.task_options,
                       config.backbone_options).to(device)
+    if config.init_from and not (run_dir / CHECKPOINT).exists():  # an untrained reference
+        init_backbone(task, config.init_from, config.backbone, run_dir)
     if (run_dir / CHECKPOINT).exists():
         state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
         try:
