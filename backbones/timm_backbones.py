@@ -8,6 +8,7 @@ from torch import nn
 
 from backbones.base import Backbone
 from ssl_bench.core.errors import IncompatibleError, OptionError, UnknownNameError
+from ssl_bench.core.precision import attention_kernels
 from ssl_bench.core.registry import BACKBONES
 
 SMALL_IMAGE_MAX_SIDE = 64  # inputs up to this side get the CIFAR-style ResNet stem
@@ -117,7 +118,8 @@ class TimmViT(Backbone):
         self.grid_size = img_size // patch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._pool(self.vit.forward_features(x))
+        with attention_kernels(x.device):
+            return self._pool(self.vit.forward_features(x))
 
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(N, 1 + L, D)`` normed tokens → ``(N, D)`` (class token or patch mean)."""
@@ -126,12 +128,14 @@ class TimmViT(Backbone):
         return tokens[:, self.vit.num_prefix_tokens:].mean(dim=1)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.vit.forward_intermediates(
-            x, indices=self.stage_indices, output_fmt="NCHW", intermediates_only=True)
+        with attention_kernels(x.device):
+            return self.vit.forward_intermediates(
+                x, indices=self.stage_indices, output_fmt="NCHW", intermediates_only=True)
 
     def forward_with_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        tokens, stages = self.vit.forward_intermediates(x, indices=self.stage_indices,
-                                                        output_fmt="NCHW")
+        with attention_kernels(x.device):
+            tokens, stages = self.vit.forward_intermediates(x, indices=self.stage_indices,
+                                                            output_fmt="NCHW")
         return self._pool(tokens), stages
 
 

@@ -5,14 +5,12 @@ This module registers no task."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DECODER_MIN_SIDE = 4  # side of a latent decoder's first feature map (DCGAN starts at 4×4)
 
@@ -205,15 +203,3 @@ def crop_squares(images: torch.Tensor, corners: torch.Tensor, size: int) -> torc
     batch_index = torch.arange(n, device=images.device).view(n, 1, 1, 1, 1)
     channel_index = torch.arange(c, device=images.device).view(1, 1, c, 1, 1)
     return images[batch_index, channel_index, rows, cols]
-
-
-def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:
-    """The kernels of ``scaled_dot_product_attention`` in the encoder and decoder blocks on
-    ``device``. On the CPU: the math backend (two batched matmuls around a softmax; same
-    function), because the flash kernel's bf16 backward is slow on MAE's short sequences
-    (1 + V = 17 and 1 + L = 65 tokens at 32 px): it took about half of a vit_tiny MAE
-    step under bf16 autocast; with the math backend the whole step runs 1.6–1.8× faster
-    (fp32: as fast; batch 64, one or two threads). Elsewhere torch's own choice."""
-    if device.type == "cpu":
-        return sdpa_kernel([SDPBackend.MATH])
-    return contextlib.nullcontext()

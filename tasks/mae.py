@@ -14,10 +14,11 @@ from torch import nn
 
 from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
+from ssl_bench.core.precision import attention_kernels
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import option
-from tasks.blocks import attention_kernels, psnr_db
+from tasks.blocks import psnr_db
 
 NORM_PIX_EPS = 1e-6  # added to each patch's variance before dividing (MAE's official code)
 
@@ -196,8 +197,7 @@ class MAE(PretextTask):
         return (patches - mean) / std, mean, std
 
     def _reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``pred``, ``target``, ``mask`` of images in [0, 1] and the detached ``pixels`` of
-        ``pred`` in [0, 1], un-normalised per patch (true mean, std), then per dataset."""
+        """``pred``, ``target``, ``mask``, and ``pixels``: ``pred`` un-normalised, detached."""
         x = self.normalize(images)  # (N, C, H, W)
         with attention_kernels(x.device):
             latent, mask, ids_restore = self.forward_encoder(x)  # (N, 1 + V, D), (N, L), (N, L)
