@@ -1,4 +1,5 @@
-"""The ``ssl-bench`` command line: ``run``, ``sweep``, ``list``, ``leaderboard``, ``report``."""
+"""The ``ssl-bench`` command line: ``run``, ``sweep``, ``tune``, ``list``, ``leaderboard``, ``report``,
+``evaluate``, ``export``."""
 
 from __future__ import annotations
 
