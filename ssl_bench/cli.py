@@ -1,5 +1,5 @@
-"""The ``ssl-bench`` command line: ``run``, ``sweep``, ``tune``, ``list``, ``leaderboard``, ``report``,
-``evaluate``, ``export``."""
+"""The ``ssl-bench`` command line: ``run``, ``sweep``, ``tune``, ``list``, ``leaderboard``,
+``report``, ``evaluate``, ``export``."""
 
 from __future__ import annotations
 
