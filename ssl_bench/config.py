@@ -198,6 +198,15 @@ def config_id(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def read_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A run's ``config.yaml`` as the :class:`RunConfig` it was made with (settings this
+    version no longer has are dropped) and as the whole recorded dict."""
+    stored = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    config = RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig)
+                          if f.name in stored})
+    return config, stored
+
+
 def recorded_differences(config: RunConfig, run_dir: Path) -> list[str]:
     """The measured settings in which ``config`` differs from the ``config.yaml`` that
     ``run_dir`` was made with (task options as given, before defaults are filled in);

@@ -23,18 +23,16 @@ pooled output are refused: the autoencoder family (the code), the VAE (μ), spli
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from backbones.base import Backbone
 from ssl_bench.build import build_task
-from ssl_bench.config import RunConfig
+from ssl_bench.config import RunConfig, read_run_config
 from ssl_bench.core.errors import DataError, IncompatibleError, OptionError, SslBenchError
 from ssl_bench.core.rundir import CHECKPOINT, CONFIG, RESULTS, atomic_path
 from ssl_bench.datasets import load_dataset
@@ -63,9 +61,7 @@ def load_run_task(run_dir: str | Path) -> tuple[PretextTask, dict[str, Any]]:
     if not (run_dir / RESULTS).is_file():
         raise DataError(f"{run_dir} is not a finished run (no {RESULTS}); finish it with "
                         "its own command and --resume first")
-    stored = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-    config = RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig)
-                          if f.name in stored})
+    config, stored = read_run_config(run_dir)
     spec = load_dataset(config.dataset, config.data_root, config.image_size,
                         download=config.download).spec()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -73,19 +69,31 @@ def load_run_task(run_dir: str | Path) -> tuple[PretextTask, dict[str, Any]]:
         torch.manual_seed(config.seed)  # the run's initialisation (untrained references)
         task = build_task(config.task, config.backbone, spec, config.task_options,
                           config.backbone_options)
-    checkpoint = run_dir / CHECKPOINT
+    if task.pretrains and not (run_dir / CHECKPOINT).exists():
+        raise DataError(f"{run_dir} has no {CHECKPOINT}: its trained weights are gone")
+    load_run_weights(task, run_dir, config, torch.device("cpu"))
+    return task.eval(), stored
+
+
+def load_run_weights(task: PretextTask, run_dir: Path, config: RunConfig,
+                     device: torch.device) -> None:
+    """Give ``task``, built as the run in ``run_dir`` built it, the run's weights: its
+    ``checkpoint.pt``, or for an untrained reference without one the ``--init-from``
+    backbone it started from (nothing when it has neither).
+
+    Raises:
+        DataError: a checkpoint that does not fit the task as this version builds it.
+    """
+    checkpoint = Path(run_dir) / CHECKPOINT
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
         try:
             task.load_state_dict(state["task"])
         except (RuntimeError, KeyError) as exc:
             raise DataError(f"{checkpoint} does not fit task {config.task!r} as this version "
                             f"builds it ({exc.__class__.__name__})") from None
-    elif task.pretrains:
-        raise DataError(f"{run_dir} has no {CHECKPOINT}: its trained weights are gone")
     elif config.init_from:
         init_backbone(task, config.init_from, config.backbone, run_dir)
-    return task.eval(), stored
 
 
 def evaluated_backbone(task: PretextTask) -> Backbone:
@@ -253,10 +261,10 @@ def init_backbone(task: PretextTask, source: str | Path, backbone: str,
     if run_dir is not None and source.resolve() == Path(run_dir).resolve():
         raise OptionError(f"--init-from {source}: a run cannot start from itself")
     try:
-        src = evaluated_backbone(load_run_task(source)[0])
+        source_task, stored = load_run_task(source)
+        src = evaluated_backbone(source_task)
     except SslBenchError as exc:
         raise OptionError(f"--init-from {source}: {exc}") from None
-    stored = yaml.safe_load((source / CONFIG).read_text(encoding="utf-8"))
     mine = task.backbone
     if stored["backbone"] != backbone or src.in_chans != mine.in_chans:
         raise OptionError(f"--init-from {source}: its backbone is {stored['backbone']} on "

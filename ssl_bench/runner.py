@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -12,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from eval.linear import LinearProbe
 from eval.protocol import MIN_LOWSHOT_PER_CLASS, Protocol, lowshot_key, lowshot_sizes
 from ssl_bench import distributed
 from ssl_bench.build import build_task
-from ssl_bench.config import RunConfig, config_id, recorded_differences, run_name
+from ssl_bench.config import (RunConfig, config_id, read_run_config, recorded_differences,
+                              run_name)
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
@@ -32,7 +31,7 @@ from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.datasets.pairing import with_eval_data
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
-from ssl_bench.export import init_backbone
+from ssl_bench.export import init_backbone, load_run_weights
 from ssl_bench.provenance import git_commit, versions
 from ssl_bench.train import TrainConfig, Trainer
 from tasks.base import OptimConfig, PretextTask, count_parameters, held_out_rng
@@ -313,24 +312,14 @@ def reevaluate(run_dir: str | Path, bn_recalibrate: bool) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / RESULTS).exists():
         raise DataError(f"{run_dir} is not a finished run (no {RESULTS})")
-    stored = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-    config = RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig)
-                          if f.name in stored})
+    config, stored = read_run_config(run_dir)
     device = resolve_device(config.device)
     evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
     data, _, protocol, eval_data = _prepare(config, evaluators)
     torch.manual_seed(config.seed)
     task = build_task(config.task, config.backbone, data.spec(), config.task_options,
                       config.backbone_options).to(device)
-    if config.init_from and not (run_dir / CHECKPOINT).exists():  # an untrained reference
-        init_backbone(task, config.init_from, config.backbone, run_dir)
-    if (run_dir / CHECKPOINT).exists():
-        state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
-        try:
-            task.load_state_dict(state["task"])
-        except (RuntimeError, KeyError) as exc:
-            raise DataError(f"{run_dir / CHECKPOINT} does not fit task {config.task!r} as this "
-                            f"version builds it ({exc.__class__.__name__})") from None
+    load_run_weights(task, run_dir, config, device)
     # runs made before --precision extracted features in bf16 on CUDA only
     precision = stored.get("precision_resolved") or ("bf16" if device.type == "cuda" else "fp32")
     settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
