@@ -132,7 +132,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
 
     Returns:
         The decoded :class:`ImageData`; it may have pretraining images only (a flat
-        folder: see :func:`ssl_bench.datasets.pairing.load_run_data` for pairing it
+        folder: see :func:`ssl_bench.datasets.pairing.with_eval_data` for pairing it
         with labelled data).
 
     Raises:
