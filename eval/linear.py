@@ -114,14 +114,18 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
     rows = torch.arange(n)
 
     def objective() -> torch.Tensor:
-        # the gradient in closed form, (softmax − one-hot)ᵀ X / N + λW: one matmul each
-        # way, 1.5× faster than autograd's (features are ≤ 50k × 4,096 floats)
-        log_p = torch.addmm(bias, features, weight.T).log_softmax(dim=1)  # (N, C)
+        # The gradient in closed form, (softmax − one-hot)ᵀ X / N + λW: one matmul each
+        # way, 1.5× faster than autograd's (features are ≤ 50k × 4,096 floats). The
+        # log-softmax is written out: torch's CPU kernel over rows of C ≈ 10 took a
+        # third of each evaluation on pooled features.
+        logits = torch.addmm(bias, features, weight.T)                  # (N, C)
+        shifted = logits - logits.amax(dim=1, keepdim=True)
+        log_p = shifted - shifted.exp().sum(dim=1, keepdim=True).log_()  # (N, C)
         loss = -log_p[rows, labels].mean() + l2 / 2 * weight.square().sum()
         residual = log_p.exp_()                                       # (N, C), softmax
         residual[rows, labels] -= 1.0
         residual /= n
-        weight.grad = residual.T @ features + l2 * weight               # (C, D)
+        weight.grad = torch.addmm(weight, residual.T, features, beta=l2)  # (C, D)
         bias.grad = residual.sum(dim=0)                                 # (C,)
         return loss
 

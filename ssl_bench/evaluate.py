@@ -20,6 +20,7 @@ from torch import nn
 from eval.features import extract_features, extract_features_and_stages
 from eval.protocol import Protocol
 from ssl_bench.core.images import to_float
+from ssl_bench.core.precision import autocast
 from tasks.base import PretextTask
 
 
@@ -48,8 +49,9 @@ class EvalData:
 class EvalSettings:
     """How features are extracted: ``batch_size`` images per pass, per-layer stage
     features when ``layer_probes`` (each pooled to at most ``layer_dims``), under
-    bf16 autocast when ``precision`` is ``"bf16"``, and with BatchNorm statistics
-    re-estimated on clean train images when ``bn_recalibrate``."""
+    bf16 autocast when ``precision`` is ``"bf16"`` (the held-out pretext metrics too),
+    and with BatchNorm statistics re-estimated on clean train images when
+    ``bn_recalibrate``."""
 
     batch_size: int
     layer_probes: bool
@@ -105,8 +107,9 @@ def evaluate_frozen(task: PretextTask, data: EvalData, protocol: Protocol,
     """
     task.eval()
     start = time.perf_counter()
-    pretext = task.held_out_metrics(to_float(chunk.to(device))
-                                    for chunk in data.pretext_images.split(settings.batch_size))
+    with autocast(settings.precision, device):  # as in training: the losses stay fp32
+        pretext = task.held_out_metrics(to_float(chunk.to(device)) for chunk
+                                        in data.pretext_images.split(settings.batch_size))
     with (recalibrated_batchnorm(task, data.train_images, settings.batch_size, device)
           if settings.bn_recalibrate else nullcontext()):
         (train_x, train_stages), (test_x, test_stages) = (
