@@ -11,6 +11,7 @@ from conftest import CIFAR10_ROOT, MNIST_ROOT, needs_cifar10, needs_mnist
 from ssl_bench.core.images import random_hflip
 from ssl_bench.core.subsets import subset_indices
 from ssl_bench.datasets import load_dataset
+from ssl_bench.datasets.imagefolder import IMAGE_EXTENSIONS, _list_split
 from ssl_bench.core.errors import DataError, OptionError, UnknownNameError
 
 
@@ -74,6 +75,25 @@ def test_imagefolder_bad_layouts(tmp_path, make, message):
     with pytest.raises(DataError, match=message) as err:
         load_dataset(f"imagefolder:{root}")
     assert "train/<class>" in str(err.value) or "no class folders" in str(err.value)
+
+
+def test_imagefolder_lists_as_torchvision_does(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = make_imagefolder(tmp_path / "pets")
+    extra = root / "train" / "dog" / "nested" / "deeper"
+    extra.mkdir(parents=True)
+    for name in ("b.PNG", "a.jpeg", ".hidden.jpg", "notes.txt", "c.webp"):
+        (extra / name).write_bytes(b"")
+    (root / "train" / "cat" / "z.TIFF").write_bytes(b"")
+    samples, classes = _list_split(root / "train")
+    assert classes == ["cat", "dog"] and IMAGE_EXTENSIONS == IMG_EXTENSIONS
+    assert samples == make_dataset(str(root / "train"), {"cat": 0, "dog": 1},
+                                   extensions=IMG_EXTENSIONS)
+    for image in (root / "test" / "dog").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match="test/dog holds no images"):
+        load_dataset(f"imagefolder:{root}")
 
 
 def test_corrupt_image_names_the_file(tmp_path):

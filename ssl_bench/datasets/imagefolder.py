@@ -26,6 +26,8 @@ UNLABELED_LAYOUT = (f"<root>/{UNLABELED_SPLIT}/<any depth>/<image> for pretraini
                     "test/ beside it optional), or a folder of images without train/ and test/ "
                     "(pretraining only: give --eval-dataset)")
 IMAGEFOLDER_DEFAULT_SIZE = 64  # px, when --image-size is not given
+#: File name endings taken as images (torchvision's ``IMG_EXTENSIONS``; any case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def _decode(path: str, size: int | None) -> np.ndarray:
@@ -51,19 +53,29 @@ def _resize_center_crop(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
-def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
+
+def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """The ``(path, class index)`` samples of a ``<split>/<class>/…`` folder and its
+    class names, in torchvision's ``make_dataset`` order (classes sorted, then a sorted
+    walk of each class folder; links followed). Listed here because importing
+    torchvision for it took 2 s."""
     # hidden folders (.git, .ipynb_checkpoints) are not classes
     classes = sorted(d.name for d in split_dir.iterdir()
                      if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir} has no class folders; expected {IMAGEFOLDER_LAYOUT}")
-    try:
-        samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)},
-                               extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as exc:
-        raise DataError(f"{exc}; expected {IMAGEFOLDER_LAYOUT}") from None
+    samples = []
+    for index, name in enumerate(classes):
+        found = [(os.path.join(parent, f), index)
+                 for parent, _, files in sorted(os.walk(split_dir / name, followlinks=True))
+                 for f in sorted(files) if _is_image(f)]
+        if not found:
+            raise DataError(f"{split_dir / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
+                            f"); expected {IMAGEFOLDER_LAYOUT}")
+        samples += found
     return samples, classes
 
 
@@ -72,23 +84,20 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | Non
     class folder, replaced or rewritten (relative path, byte size and modification
     time of every file), or when the decode size changes."""
     digest = hashlib.sha1(f"{root.resolve()}|{image_size}".encode())
+    start = len(os.path.join(root, ""))  # every sample path was joined onto root
     for path, _ in samples:
-        stat = Path(path).stat()
-        digest.update(f"|{Path(path).relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}"
-                      .encode())
+        stat = os.stat(path)
+        digest.update(f"|{path[start:]}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
 def _list_unlabeled(folder: Path) -> list[tuple[str, int]]:
     """Every image under ``folder`` at any depth (hidden files and folders skipped),
     sorted, each with label -1."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
     found = []
     for parent, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .ipynb_checkpoints
-        found += [os.path.join(parent, f) for f in files
-                  if not f.startswith(".") and has_file_allowed_extension(f, IMG_EXTENSIONS)]
+        found += [os.path.join(parent, f) for f in files if not f.startswith(".") and _is_image(f)]
     return [(path, -1) for path in sorted(found)]
 
 
