@@ -8,6 +8,13 @@ same convolution is one matmul with no more multiply-adds than the kernel's
 k²·C·O per output pixel whenever H·W ≤ k². Measured on 1,152 tiles (one thread
 per core, 2 cores, forward + backward): 256→256 channels on 1×1 maps 25.9 → 7.5 ms
 in fp32 and 54 → 7.3 ms in bf16; 128→128 on 2×2 maps 32 → 18 ms and 44 → 10 ms.
+
+Training under bf16 autocast on a CPU, the dense product also pays on 4×4 maps with few
+channels, although it does 16/9 of the multiply-adds: oneDNN's bf16 backward there is
+slower still (forward + backward on 1,152 tiles: 64→64 channels 31 → 24 ms, 64→128 at
+stride 2 33 → 12 ms; 512 images, 128→256 at stride 2: 35 → 18 ms). It does not pay
+without gradients (forward only), in fp32, or once the dense matrix is large (256→256
+on 4×4: 86 → 194 ms), so :data:`DENSE_ENTRIES_MAX` bounds it there.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Largest dense matrix (entries, Ho·Wo·O × H·W·C) built for maps above k² pixels.
+DENSE_ENTRIES_MAX = 2 ** 21
 
 
 @functools.lru_cache(maxsize=64)
@@ -45,7 +55,9 @@ class SmallMapConv2d(nn.Conv2d):
     a dense matrix product when the input map has at most ``kernel_size²`` pixels.
 
     Same parameters, state-dict keys and result (up to float summation order) as
-    ``nn.Conv2d``; larger maps go through ``nn.Conv2d.forward`` unchanged. Inputs
+    ``nn.Conv2d``; larger maps go through ``nn.Conv2d.forward`` unchanged, except
+    maps of up to (k+1)² pixels when training under CPU bf16 autocast (see the module
+    docstring). Inputs
     ``(N, C, H, W)`` float, any memory format; the dense path returns a channels-last
     ``(N, O, Ho, Wo)`` tensor of the input's (or autocast's) dtype.
 
@@ -65,7 +77,7 @@ class SmallMapConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         k = self.kernel_size[0]
-        if h * w > k * k:
+        if not self._runs_dense(x):
             return super().forward(x)
         taps, ho, wo = _tap_indices(h, w, k, self.stride[0], self.padding[0], x.device)
         padded = F.pad(self.weight, (0, 1, 0, 1))                 # (O, C, k+1, k+1), zero taps
@@ -77,3 +89,16 @@ class SmallMapConv2d(nn.Conv2d):
         bias = None if self.bias is None else self.bias.repeat(ho * wo)  # (Ho·Wo·O,)
         out = F.linear(flat, dense, bias)                         # (N, Ho·Wo·O)
         return out.reshape(n, ho, wo, -1).permute(0, 3, 1, 2)     # (N, O, Ho, Wo)
+
+    def _runs_dense(self, x: torch.Tensor) -> bool:
+        """Whether the dense product is the faster way for input ``x`` ``(N, C, H, W)``."""
+        _, c, h, w = x.shape
+        k, stride, padding = self.kernel_size[0], self.stride[0], self.padding[0]
+        if h * w <= k * k:
+            return True
+        if not (h * w <= (k + 1) ** 2 and x.device.type == "cpu" and torch.is_grad_enabled()
+                and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            return False
+        out_pixels = ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
+        return out_pixels * self.out_channels * h * w * c <= DENSE_ENTRIES_MAX

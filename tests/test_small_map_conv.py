@@ -47,6 +47,32 @@ def test_bf16_autocast_gives_bf16_close_to_fp32():
     torch.testing.assert_close(out.float(), conv(x), atol=0.05, rtol=0.02)
 
 
+def test_training_under_cpu_bf16_autocast_runs_4x4_maps_densely():
+    """4×4 maps with few channels take the dense path only when training under bf16
+    autocast on the CPU, and it agrees with ``nn.Conv2d`` there too (bf16 tolerance)."""
+    torch.manual_seed(0)
+    reference = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
+    small = SmallMapConv2d(16, 32, 3, stride=2, padding=1, bias=False)
+    small.load_state_dict(reference.state_dict())
+    x = torch.randn(8, 16, 4, 4)
+    assert not small._runs_dense(x)  # fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert small._runs_dense(x)
+        with torch.no_grad():
+            assert not small._runs_dense(x)
+        assert not SmallMapConv2d(256, 256, 3, padding=1)._runs_dense(torch.randn(2, 256, 4, 4))
+        outs, grads = [], []
+        for conv in (reference, small):
+            inp = x.clone().requires_grad_()
+            out = conv(inp)
+            out.float().square().sum().backward()
+            outs.append(out.float())
+            grads.append([inp.grad, conv.weight.grad])
+    torch.testing.assert_close(outs[1], outs[0], atol=0.05, rtol=0.02)
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)
+
+
 def test_convnet_state_dict_loads_into_plain_conv2d_layers():
     """Checkpoints keep nn.Conv2d's keys: a convnet built from plain layers loads them."""
     net = ConvNet(in_chans=1)
