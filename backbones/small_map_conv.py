@@ -57,9 +57,9 @@ class SmallMapConv2d(nn.Conv2d):
     Same parameters, state-dict keys and result (up to float summation order) as
     ``nn.Conv2d``; larger maps go through ``nn.Conv2d.forward`` unchanged, except
     maps of up to (k+1)² pixels when training under CPU bf16 autocast (see the module
-    docstring). Inputs
-    ``(N, C, H, W)`` float, any memory format; the dense path returns a channels-last
-    ``(N, O, Ho, Wo)`` tensor of the input's (or autocast's) dtype.
+    docstring). Inputs ``(N, C, H, W)`` float, any memory format; the dense path
+    returns a channels-last ``(N, O, Ho, Wo)`` tensor of the input's (or autocast's)
+    dtype.
 
     Raises:
         ValueError: for non-square kernels, dilation, groups or non-zero padding modes.
