@@ -29,6 +29,10 @@ from torch import nn
 DENSE_ENTRIES_MAX = 2 ** 21
 
 
+def _output_side(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 @functools.lru_cache(maxsize=64)
 def _tap_indices(height: int, width: int, kernel: int, stride: int, padding: int,
                  device: torch.device) -> tuple[torch.Tensor, int, int]:
@@ -40,7 +44,7 @@ def _tap_indices(height: int, width: int, kernel: int, stride: int, padding: int
         ``(taps, Ho, Wo)``: ``taps`` ``(Ho·Wo·H·W,)`` int64 on ``device``.
     """
     def one_axis(size: int) -> torch.Tensor:
-        out = (size + 2 * padding - kernel) // stride + 1
+        out = _output_side(size, kernel, stride, padding)
         tap = (torch.arange(size)[None, :] - torch.arange(out)[:, None] * stride
                + padding)                                              # (out, size)
         return torch.where((tap >= 0) & (tap < kernel), tap, kernel)
@@ -100,5 +104,5 @@ class SmallMapConv2d(nn.Conv2d):
                 and torch.is_autocast_enabled("cpu")
                 and torch.get_autocast_dtype("cpu") == torch.bfloat16):
             return False
-        out_pixels = ((h + 2 * padding - k) // stride + 1) * ((w + 2 * padding - k) // stride + 1)
+        out_pixels = _output_side(h, k, stride, padding) * _output_side(w, k, stride, padding)
         return out_pixels * self.out_channels * h * w * c <= DENSE_ENTRIES_MAX
