@@ -197,9 +197,7 @@ class MAE(PretextTask):
         return (patches - mean) / std, mean, std
 
     def _reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``pred``, ``target`` (``(N, L, p²·C)``), ``mask`` (``(N, L)``, 1 = masked) of
-        images ``(N, C, H, W)`` in [0, 1], and the detached ``pixels`` ``(N, L, p²·C)`` of
-        ``pred`` in [0, 1], un-normalised per patch (true mean, std), then per dataset."""
+        """``pred``/``target`` (N, L, p²·C), ``mask`` (N, L), detached ``pixels`` in [0, 1]."""
         x = self.normalize(images)  # (N, C, H, W)
         with attention_kernels(x.device):
             latent, mask, ids_restore = self.forward_encoder(x)  # (N, 1 + V, D), (N, L), (N, L)
