@@ -91,12 +91,40 @@ def test_protocol_reports_full_lowshot_and_per_layer_metrics():
     assert result.layer_best == "signal"
 
 
+def test_lowshot_of_every_labelled_image_reuses_the_all_label_scores(monkeypatch):
+    """A low-shot percentage that covers the whole evaluation subset (10 % of CIFAR-10's
+    train split with --eval-train-subset 5000) is scored once: its metrics are the
+    all-label ones, which a second fit on the same images would repeat exactly."""
+    train_x, train_y = _blobs(30)
+    test_x, test_y = _blobs(10, seed=1)
+    evaluators = {"knn": KNNEvaluator(ks=(5,)), "linear": LinearProbe()}
+    every = balanced_subset_indices(train_y, 120, seed=0)
+    for evaluator in evaluators.values():  # what the skipped fits would have given
+        assert evaluator.evaluate(train_x[every], train_y[every], test_x, test_y, 4) == \
+            evaluator.evaluate(train_x, train_y, test_x, test_y, 4)
+    refitted = Protocol(evaluators, lowshot={"small": 40}).evaluate(
+        train_x, train_y, test_x, test_y, 4, seed=0).metrics
+    calls = []
+    for evaluator in evaluators.values():
+        monkeypatch.setattr(evaluator, "evaluate", lambda *a, f=evaluator.evaluate, **k:
+                            calls.append(len(a[0])) or f(*a, **k))
+    metrics = Protocol(evaluators, lowshot={"all": 120, "small": 40}).evaluate(
+        train_x, train_y, test_x, test_y, 4, seed=0).metrics
+    assert calls == [120, 120, 40, 40]  # all labels, then the 40-image subset; never 120 again
+    for name in ("linear_top1", "linear_l2", "knn_top1_k5"):
+        assert metrics[f"{name}_all"] == metrics[name]
+        assert metrics[f"{name}_small"] == refitted[f"{name}_small"]
+
+
 def _choices(result) -> dict:
     """Everything the protocol chose: probe settings (all labels, low-shot, per layer),
     validation scores and the best layer."""
-    picked = {k: v for k, v in result.metrics.items() if "_lr" in k or "_wd" in k or "_val_" in k}
-    picked["layers"] = [{k: v for k, v in r.items() if "_lr" in k or "_wd" in k or "_val_" in k}
-                        for r in result.layers]
+    def chosen(key: str) -> bool:
+        return any(part in key for part in ("_l2", "_val_", "_lr", "_wd"))
+
+    picked = {k: v for k, v in result.metrics.items() if chosen(k)}
+    assert {"linear_l2", "linear_l2_20pct"} <= set(picked)
+    picked["layers"] = [{k: v for k, v in r.items() if chosen(k)} for r in result.layers]
     return {**picked, "layer_best": result.layer_best}
 
 
