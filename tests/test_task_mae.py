@@ -188,6 +188,24 @@ def test_features_see_the_whole_unmasked_image(task):
     task.train()
 
 
+def test_cpu_attention_kernel_follows_the_grad_mode(task):
+    """Training (gradients) takes the math kernel, evaluation the flash kernel; both
+    compute the same attention."""
+    cpu = torch.device("cpu")
+    with attention_kernels(cpu):
+        assert torch.backends.cuda.math_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()
+    with torch.no_grad(), attention_kernels(cpu):
+        assert torch.backends.cuda.flash_sdp_enabled()
+    task.eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        flash = task.features(x)
+    math = task.features(x)  # with gradients recorded
+    assert torch.allclose(flash, math, atol=1e-5)
+    task.train()
+
+
 def test_summary(task):
     s = task.summary()
     assert s["patch_size"] == 4 and s["num_patches"] == 16 and s["num_visible"] == 4
