@@ -6,15 +6,19 @@
 #      3 seeds, each run evaluated at step 0 and after training;
 #   3. `evaluate --bn-recalibrate` on every convnet run (results/bn-recalibration.md);
 #   4. `report`.
-# About 3 hours on 2 CPU cores (one thread per process, two processes side by side).
-# Re-running it skips finished runs and resumes interrupted ones. For a GPU-scale
-# benchmark raise --train-subset/--epochs and drop the --*-subset limits.
+# Budget: 10,000 pretraining images seen once (78 steps of 128). The committed results/
+# were made with 5,000 (39 steps), when evaluation took most of each run; it now takes
+# under a fifth of a run at this budget (tests/benchmarks/test_run_cost.py reads BUDGET
+# from here). Estimated at 2-3 hours on 2 CPU cores (one thread per process, two
+# processes side by side); not yet run at this budget. Re-running it skips finished
+# runs and resumes interrupted ones. For a GPU-scale benchmark raise
+# --train-subset/--epochs and drop the --*-subset limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
 export OMP_NUM_THREADS=1
 mkdir -p runs/bn
-BUDGET="--datasets cifar10 --data-root $DATA --train-subset 5000 --epochs 1 --warmup-epochs 0.1 \
+BUDGET="--datasets cifar10 --data-root $DATA --train-subset 10000 --epochs 1 --warmup-epochs 0.1 \
 --eval-train-subset 5000 --test-subset 2000"
 SWEEP="--seeds 0 1 2 --lowshot --no-layer-probes --tuned results/tuned.yaml --out runs/sweep"
 CONVNET_TASKS="denoising jigsaw context-encoder split-brain relative-patch vae rotation vq-vae \
