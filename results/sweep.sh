@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CIFAR-10 comparison behind results/README.md, under the current protocol:
+# The CIFAR-10 comparison of results/README.md, under the current protocol:
 #   1. `tune`: every pretext task, learning rate × {1/4, 1, 4} × its main knob (6 runs
 #      each at the sweep's budget, seed 0), chosen on validation top-1 → results/tuned.yaml;
 #   2. `sweep --tuned`: every task at its tuned setting plus the random-init references,
@@ -7,12 +7,12 @@
 #   3. `evaluate --bn-recalibrate` on every convnet run (results/bn-recalibration.md);
 #   4. `report`.
 # Budget: 10,000 pretraining images seen once (78 steps of 128). The committed results/
-# were made with 5,000 (39 steps), when evaluation took most of each run; it now takes
-# under a fifth of a run at this budget (tests/benchmarks/test_run_cost.py reads BUDGET
-# from here). Estimated at 2-3 hours on 2 CPU cores (one thread per process, two
-# processes side by side); not yet run at this budget. Re-running it skips finished
-# runs and resumes interrupted ones. For a GPU-scale benchmark raise
-# --train-subset/--epochs and drop the --*-subset limits.
+# were made at 5,000 (39 steps), when evaluation took most of each run; evaluation is
+# now cheaper, so pretraining gets twice the images. Not yet run at this budget: about
+# 2-3 hours on 2 CPU cores (one thread per process, two processes side by side) by an
+# estimate from single runs. tests/benchmarks/test_run_cost.py reads BUDGET from here.
+# Re-running it skips finished runs and resumes interrupted ones. For a GPU-scale
+# benchmark raise --train-subset/--epochs and drop the --*-subset limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
