@@ -153,7 +153,7 @@ class Protocol:
                 # every labelled image, in the same order (idx is sorted): nothing to refit
                 scores = all_labels[name] if len(idx) == len(train_y) else evaluator.evaluate(
                     train_x[idx], train_y[idx], test_x, test_y, num_classes, seed=seed)
-                metrics.update({f"{name}_{key}": value for name, value in scores.items()})
+                metrics.update({f"{metric}_{key}": value for metric, value in scores.items()})
                 bar.update(1)
         layers: list[dict] = []
         best = None

@@ -105,9 +105,15 @@ def test_lowshot_of_every_labelled_image_reuses_the_all_label_scores(monkeypatch
     refitted = Protocol(evaluators, lowshot={"small": 40}).evaluate(
         train_x, train_y, test_x, test_y, 4, seed=0).metrics
     calls = []
+
+    def counted(evaluate):
+        def wrapper(features, *args, **kwargs):
+            calls.append(len(features))
+            return evaluate(features, *args, **kwargs)
+        return wrapper
+
     for evaluator in evaluators.values():
-        monkeypatch.setattr(evaluator, "evaluate", lambda *a, f=evaluator.evaluate, **k:
-                            calls.append(len(a[0])) or f(*a, **k))
+        monkeypatch.setattr(evaluator, "evaluate", counted(evaluator.evaluate))
     metrics = Protocol(evaluators, lowshot={"all": 120, "small": 40}).evaluate(
         train_x, train_y, test_x, test_y, 4, seed=0).metrics
     assert calls == [120, 120, 40, 40]  # all labels, then the 40-image subset; never 120 again
