@@ -8,9 +8,11 @@
 #   4. `report`.
 # Budget: 10,000 pretraining images seen once (78 steps of 128). The committed results/
 # were made at 5,000 (39 steps), when evaluation took most of each run; evaluation is
-# now cheaper, so pretraining gets twice the images. Not yet run at this budget: about
-# 2-3 hours on 2 CPU cores (one thread per process, two processes side by side) by an
-# estimate from single runs. tests/benchmarks/test_run_cost.py reads BUDGET from here.
+# now cheaper, so pretraining gets twice the images. At this budget on 2 CPU cores
+# (commit d096ab3) the tune stage took about 80 min (63 of its 66 convnet runs in 61 min,
+# 6 MAE runs in 16, one thread each); the whole script takes about 3 hours by an
+# estimate (its sweep stage has not been run to the end at this budget).
+# tests/benchmarks/test_run_cost.py reads BUDGET from here.
 # Re-running it skips finished runs and resumes interrupted ones. For a GPU-scale
 # benchmark raise --train-subset/--epochs and drop the --*-subset limits.
 set -euo pipefail
