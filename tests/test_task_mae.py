@@ -198,11 +198,12 @@ def test_cpu_attention_kernel_follows_the_grad_mode(task):
     with torch.no_grad(), attention_kernels(cpu):
         assert torch.backends.cuda.flash_sdp_enabled()
     task.eval()
-    x = torch.rand(3, 3, 16, 16)
+    x = task.normalize(torch.rand(3, 3, 16, 16))
     with torch.no_grad():
-        flash = task.features(x)
-    math = task.features(x)  # with gradients recorded
-    assert torch.allclose(flash, math, atol=1e-5)
+        flash = task.backbone(x)
+    math = task.backbone(x)  # gradients recorded (task.features would switch them off)
+    assert math.requires_grad
+    assert torch.allclose(flash, math.detach(), atol=1e-5)
     task.train()
 
 
