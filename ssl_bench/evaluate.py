@@ -106,6 +106,10 @@ def evaluate_frozen(task: PretextTask, data: EvalData, protocol: Protocol,
         and the test features ``float32`` ``(N_test, D)``.
     """
     task.eval()
+    # The layout training leaves the task in (see Trainer), also for a checkpoint loaded
+    # by `ssl-bench evaluate`: another layout runs other convolution kernels, whose ~1e-8
+    # differences in fp32 are enough to flip a k-NN vote.
+    task.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     with autocast(settings.precision, device):  # as in training: the losses stay fp32
         pretext = task.held_out_metrics(to_float(chunk.to(device)) for chunk
