@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """``uint8`` images → ``float32`` in [0, 1], same shape."""
-    return images.float().div_(255.0)
+    """``uint8`` images → floats in [0, 1] of the default dtype (``float32`` unless a caller
+    set another, as the float64 data-parallel tests do), same shape."""
+    return images.to(torch.get_default_dtype()).div_(255.0)
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
