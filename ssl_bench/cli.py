@@ -325,13 +325,13 @@ def _list(_: argparse.Namespace, __: list[str]) -> int:
 
 
 def _leaderboard(args: argparse.Namespace, _: list[str]) -> int:
-    from ssl_bench.leaderboard import write_leaderboard
+    from ssl_bench.leaderboard import output_paths, write_leaderboard
 
     with _writing(args.output):
         summary, runs = write_leaderboard(args.run_dirs or ["runs"], args.output)
-    stem = args.output.rsplit(".", 1)[0]
-    print(f"wrote {len(summary)} configurations ({len(runs)} runs) to {args.output}, "
-          f"{stem}_runs.csv and {stem}.md")
+    csv_path, runs_path, md_path = output_paths(args.output)
+    print(f"wrote {len(summary)} configurations ({len(runs)} runs) to {csv_path}, "
+          f"{runs_path} and {md_path}")
     return 0
 
 
@@ -371,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list tasks (with their options), backbones, datasets, evaluators")
     lb = sub.add_parser("leaderboard", help="collect finished runs into CSV + Markdown tables",
                         description="One row per configuration (mean, std, n, 95% CI over "
-                                    "seeds) in OUTPUT, one row per run in <OUTPUT stem>_runs.csv, "
-                                    "a readable table in <OUTPUT stem>.md.")
+                                    "seeds) in <NAME>.csv, one row per run in <NAME>_runs.csv, "
+                                    "a readable table in <NAME>.md, where NAME is OUTPUT less "
+                                    "a .csv or .md suffix.")
     lb.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                     help="run directories or folders of them (default: runs)")
     lb.add_argument("-o", "--output", default="results/leaderboard.csv",

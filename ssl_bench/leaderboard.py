@@ -56,13 +56,59 @@ def find_results(paths: list[str | Path]) -> list[Path]:
 
 #: Fields every ``results.json`` has; a file without them is skipped.
 REQUIRED_FIELDS = ("task", "backbone", "dataset", "seed", "metrics")
+_NUMBER = (int, float)
+#: The JSON type of every top-level field the tables read; ``null`` or absent is
+#: allowed except for :data:`REQUIRED_FIELDS`.
+FIELD_TYPES = {"task": str, "backbone": str, "dataset": str, "seed": int, "metrics": dict,
+               "config_id": str, "reference": bool, "command": str, "layer_best": str,
+               "feature_sample": str, "pretext": dict, "pretext_chance": dict, "cost": dict,
+               "step0": dict, "config": dict, "figures": dict, "layers": list,
+               **dict.fromkeys(SETTINGS, _NUMBER)}
+
+
+def _typed(value, kind, optional: bool = True) -> bool:
+    """Whether ``value`` is a ``kind`` (a bool counts as a number only where asked
+    for: JSON ``true`` is no seed) or, if ``optional``, None."""
+    if value is None:
+        return optional
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def schema_problem(record) -> str | None:
+    """Why a parsed ``results.json`` is not a run record this version reads, in a few
+    words (e.g. ``"seed" is str, not int``), or None if it is one. Checks the
+    :data:`FIELD_TYPES`, that metric values are numbers and the ``layers`` entries."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key, kind in FIELD_TYPES.items():
+        if key in REQUIRED_FIELDS and record.get(key) is None:
+            return f'no "{key}"'
+        if not _typed(record.get(key), kind):
+            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            return f'"{key}" is {type(record[key]).__name__}, not {names}'
+    step0 = record.get("step0") or {}
+    for key, values in [("metrics", record["metrics"]), ("pretext", record.get("pretext")),
+                        ("pretext_chance", record.get("pretext_chance")),
+                        ("step0.metrics", step0.get("metrics")),
+                        ("step0.pretext", step0.get("pretext"))]:
+        if not _typed(values, dict) or not all(_typed(v, _NUMBER) or is_choice(k)
+                                               for k, v in (values or {}).items()):
+            return f'"{key}" is not a mapping of metric names to numbers'
+    if not _typed((record.get("config") or {}).get("task_options"), dict):
+        return '"config.task_options" is not a mapping'
+    layers = record.get("layers") or []
+    if not all(isinstance(layer, dict) and _typed(layer.get("name"), str, optional=False)
+               and _typed(layer.get("linear_top1"), _NUMBER) for layer in layers):
+        return '"layers" is not a list of {"name", "linear_top1"} records'
+    return None
 
 
 def load_results(paths: list[str | Path]) -> list[tuple[Path, dict]]:
     """``(results.json path, parsed record)`` of every finished run under ``paths``
-    (:func:`find_results`). A file that is truncated, not a JSON object or lacks
-    :data:`REQUIRED_FIELDS` is named in a warning on stderr and skipped, so one
-    broken run does not block the table.
+    (:func:`find_results`). A file that is truncated, not a JSON object or of another
+    schema (:func:`schema_problem`) is named in a one-line warning on stderr and
+    skipped, so one broken or foreign run does not block the table.
 
     Raises:
         DataError: as :func:`find_results`, or if no file could be read.
@@ -74,8 +120,8 @@ def load_results(paths: list[str | Path]) -> list[tuple[Path, dict]]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             record, reason = None, exc.__class__.__name__
         else:
-            reason = "not a results record"
-        if isinstance(record, dict) and all(k in record for k in REQUIRED_FIELDS):
+            reason = schema_problem(record)
+        if reason is None:
             records.append((path, record))
         else:
             print(f"warning: skipping {path}: {reason}", file=sys.stderr)
@@ -144,14 +190,20 @@ def run_row(record: dict, run: str) -> dict:
 
 
 def leaderboard_frame(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per run (:func:`run_row`), columns in the order first seen, sorted by
-    dataset, backbone and k-NN top-1 (descending). Accuracies are in %, seconds are
-    wall-clock, images/s over the training loop; a metric a run did not record is NaN.
+    """:func:`runs_frame` of the finished runs under ``paths``.
 
     Raises:
         DataError: as :func:`load_results`.
     """
-    rows = [run_row(record, path.parent.name) for path, record in load_results(paths)]
+    return runs_frame(load_results(paths))
+
+
+def runs_frame(records: list[tuple[Path, dict]]) -> pd.DataFrame:
+    """One row per ``(results.json path, record)`` of :func:`load_results`
+    (:func:`run_row`), columns in the order first seen, sorted by dataset, backbone and
+    k-NN top-1 (descending). Accuracies are in %, seconds are wall-clock, images/s over
+    the training loop; a metric a run did not record is NaN."""
+    rows = [run_row(record, path.parent.name) for path, record in records]
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in frame.columns if c not in TAIL] + TAIL]
     knn = knn_column(frame.columns)
@@ -341,29 +393,65 @@ def _distinguishing_options(summary: pd.DataFrame, keys: list[str]) -> list[str]
     return labels
 
 
+def output_paths(output: str | Path) -> tuple[Path, Path, Path]:
+    """The files ``ssl-bench leaderboard -o OUTPUT`` writes: ``<name>.csv`` (one row
+    per configuration), ``<name>_runs.csv`` (one row per run) and ``<name>.md``, with
+    ``<name>`` = OUTPUT less a ``.csv`` or ``.md`` suffix, so the three never collide
+    (``-o board.md``, ``-o board.csv`` and ``-o board`` all give ``board.csv``,
+    ``board_runs.csv`` and ``board.md``).
+
+    Raises:
+        OptionError: naming ``-o`` if OUTPUT or one of the three is a folder.
+    """
+    path = Path(output)
+    base = path.with_suffix("") if path.suffix.lower() in (".csv", ".md") else path
+    targets = tuple(base.with_name(base.name + end) for end in (".csv", "_runs.csv", ".md"))
+    for target in (path, *targets):
+        if target.is_dir():
+            raise OptionError(f"-o {output}: {target} is a folder; -o names the table file, "
+                              f"e.g. -o {path / 'leaderboard.csv'}")
+    return targets
+
+
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         frame.round(4).to_csv(tmp, index=False)
 
 
+def write_tables(summary: pd.DataFrame, runs: pd.DataFrame,
+                 output: str | Path) -> tuple[Path, Path, Path]:
+    """Write, each atomically, the :func:`output_paths` of ``output``: ``summary``
+    (:func:`aggregate_seeds`) as CSV, ``runs`` (:func:`runs_frame`) as CSV and the
+    :func:`leaderboard_markdown` of ``summary``.
+
+    Returns:
+        The three paths written.
+
+    Raises:
+        OptionError: as :func:`output_paths`.
+    """
+    csv_path, runs_path, md_path = targets = output_paths(output)
+    _write_csv(summary, csv_path)
+    _write_csv(runs, runs_path)
+    atomic_write_text(md_path, leaderboard_markdown(summary) +
+                      f"\nPer-run rows, with the command that made each: `{runs_path.name}`.\n")
+    return targets
+
+
 def write_leaderboard(paths: list[str | Path],
-                      csv_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write, atomically: ``csv_path`` (one row per configuration, :func:`aggregate_seeds`),
-    ``<stem>_runs.csv`` beside it (one row per run, :func:`leaderboard_frame`) and
-    ``<stem>.md`` (:func:`leaderboard_markdown`).
+                      output: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the finished runs under ``paths`` and write their tables
+    (:func:`write_tables`) once all are read.
 
     Returns:
         ``(summary, runs)``: the aggregated and the per-run frames.
 
     Raises:
+        OptionError: as :func:`output_paths` (checked before anything is read).
         DataError: as :func:`find_results`.
     """
+    output_paths(output)
     runs = leaderboard_frame(paths)
     summary = aggregate_seeds(runs)
-    csv_path = Path(csv_path)
-    _write_csv(summary, csv_path)
-    _write_csv(runs, csv_path.with_name(f"{csv_path.stem}_runs.csv"))
-    atomic_write_text(csv_path.with_suffix(".md"), leaderboard_markdown(summary) +
-                      f"\nPer-run rows, with the command that made each: "
-                      f"`{csv_path.stem}_runs.csv`.\n")
+    write_tables(summary, runs, output)
     return summary, runs

@@ -4,19 +4,21 @@ the figures (``<out>/figures/*.png``)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ssl_bench import report_figures as rf
-from ssl_bench.core.errors import DataError
+from ssl_bench.core.errors import DataError, OptionError
 from ssl_bench.core.figures import save_figure
 from ssl_bench.core.rundir import atomic_path, atomic_write_text
-from ssl_bench.leaderboard import (load_results, leaderboard_markdown, record_config_id,
-                                   write_leaderboard)
+from ssl_bench.leaderboard import (aggregate_seeds, load_results, leaderboard_markdown,
+                                   record_config_id, runs_frame, write_tables)
 
 BUDGET = ["epochs", "images_seen", "pretrain_images", "eval_train_images", "test_images"]
 
@@ -72,8 +74,13 @@ def _task_pictures(runs, figures: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _projections(runs, figures: Path) -> list[tuple[str, str]]:
-    """A t-SNE grid per dataset of each configuration's test-feature sample."""
+def _feature_samples(runs) -> dict[str, list[tuple[str, dict, str]]]:
+    """Each configuration's test-feature sample (lowest seed), per dataset:
+    ``(figure label, {"features", "labels", "class_names"}, run name)``.
+
+    Raises:
+        DataError: naming a sample file that is corrupt or not such a dict.
+    """
     import torch
 
     by_dataset: dict[str, list] = {}
@@ -89,6 +96,11 @@ def _projections(runs, figures: Path) -> list[tuple[str, str]]:
                             f"labels, class_names): {exc}") from exc
         by_dataset.setdefault(record["dataset"], []).append(
             (rf.label(record["task"], record["backbone"]), sample, run.name))
+    return by_dataset
+
+
+def _projections(by_dataset, figures: Path) -> list[tuple[str, str]]:
+    """A t-SNE grid per dataset of the :func:`_feature_samples`."""
     out = []
     for dataset, items in by_dataset.items():
         classes = list(items[0][1]["class_names"])
@@ -141,19 +153,32 @@ def _section(title: str, figures: list[tuple[str, str]], missing: str) -> list[s
 
 def tuning_section(path: str | Path) -> str:
     """The grid and the choices of an ``ssl-bench tune`` file, one table per
-    dataset/backbone: every grid point's validation top-1, the chosen one in bold."""
+    dataset/backbone: every grid point's validation top-1, the chosen one in bold.
+
+    Raises:
+        OptionError: naming ``--tuned`` if the file is missing or not a tune file.
+    """
     from ssl_bench.tune import load_tuned
 
+    tuned = load_tuned(path)
+    try:
+        return _tuning_tables(path, tuned)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # fields of other types
+        raise OptionError(f"--tuned {path} is not a file written by ssl-bench tune "
+                          f"({exc.__class__.__name__}: {exc})") from None
+
+
+def _tuning_tables(path, tuned: dict) -> str:
     lines = [f"Chosen by `ssl-bench tune` (`{path}`) on the linear probe's validation top-1 "
              "(a split of the labelled train images), never on test.", ""]
-    for key, entry in load_tuned(path).items():
+    for key, entry in tuned.items():
         lines += [f"**{key}**, budget {entry.get('budget')}:", "", "```",
                   entry.get("command", ""), "```", "",
                   "| task | grid: lr scale, setting → validation top-1 (%) |", "| --- | --- |"]
-        for task, tuned in sorted(entry["tasks"].items()):
-            chosen = (tuned["lr_scale"], tuned["set"])
+        for task, choice in sorted(entry["tasks"].items()):
+            chosen = (choice["lr_scale"], choice["set"])
             points = []
-            for g in tuned.get("grid", []):
+            for g in choice.get("grid", []):
                 text = f"×{g['lr_scale']:g} {g['set'] or 'default'} → {g['linear_val_top1']:.1f}"
                 points.append(f"**{text}**" if (g["lr_scale"], g["set"]) == chosen else text)
             lines.append(f"| {task} | {'; '.join(points)} |")
@@ -161,24 +186,66 @@ def tuning_section(path: str | Path) -> str:
     return "\n".join(lines)
 
 
+#: The per-layer figure's caption; the dashed lines only where the figure has them.
+LAYER_CAPTION = ("Linear-probe top-1 accuracy (%) of each probed layer, shallow to deep, "
+                 "mean over seeds ± 95% CI; one colour per task.")
+LAYER_REFERENCES = (" Dashed: configurations with a single probed layer (e.g. `pixels`), "
+                    "drawn across every panel of their dataset.")
+
+
 def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl-bench report",
                  sweep_commands: list[str] | None = None, tuned: str | Path | None = None) -> Path:
     """Write ``<out_dir>/README.md``, the leaderboard files
     (``leaderboard.csv``/``_runs.csv``/``.md``, see
-    :func:`ssl_bench.leaderboard.write_leaderboard`) and ``<out_dir>/figures/*.png``
+    :func:`ssl_bench.leaderboard.write_tables`) and ``<out_dir>/figures/*.png``
     for the finished runs under ``paths``. ``sweep_commands`` are printed verbatim;
     ``tuned`` adds the tuning grid and choices (:func:`tuning_section`).
+
+    Every input is read first and the report is built in a temporary folder beside
+    ``out_dir``; only then is each file moved into ``out_dir`` (an atomic rename,
+    README.md last), so a refused or failed report leaves ``out_dir`` as it was.
 
     Returns:
         The README path.
 
     Raises:
-        DataError: if a path does not exist or holds no finished run.
+        DataError: if a path does not exist or holds no finished run, or a feature
+            sample is corrupt.
+        OptionError: if ``out_dir`` is a file or ``tuned`` is not a tune file.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OptionError(f"-o {out_dir} is a file, not a folder; -o names the report's folder")
+    records = load_results(paths)
+    runs = [(p.parent, record) for p, record in records]
+    tuning = tuning_section(tuned) if tuned else None
+    samples = _feature_samples(runs)
+    per_run = runs_frame(records)
+    summary = aggregate_seeds(per_run)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        _write_report(Path(tmp), paths, title, sweep_commands or [], tuning, runs, samples,
+                      summary, per_run)
+        _move_into(Path(tmp), out_dir)
+    return out_dir / "README.md"
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Rename every file under ``source`` to the same place under ``target`` (same file
+    system: atomic per file), README.md last so it never links a figure not yet there."""
+    files = [f for f in source.rglob("*") if f.is_file()]
+    for f in sorted(files, key=lambda f: f.name == "README.md"):
+        dest = target / f.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
+
+
+def _write_report(out_dir: Path, paths, title: str, sweep_commands: list[str],
+                  tuning: str | None, runs, samples, summary: pd.DataFrame,
+                  per_run: pd.DataFrame) -> None:
+    """Write the report's files into the empty folder ``out_dir``."""
     figures = out_dir / "figures"
-    runs = load_runs(paths)
-    summary, per_run = write_leaderboard(paths, out_dir / "leaderboard.csv")
+    write_tables(summary, per_run, out_dir / "leaderboard.csv")
 
     def draw(fig, name: str, caption: str) -> list[tuple[str, str]]:
         if fig is None:
@@ -192,18 +259,19 @@ def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl
                 "single seed); reference rows grey and hatched.")
     cost = draw(rf.cost_scatter(per_run), "accuracy_vs_cost.png",
                 "Top-1 accuracy (%) of every run against its pretraining cost: wall-clock "
-                "seconds (left) and images seen (right).")
-    layers = draw(rf.layer_curves(layer_frame(runs)), "layer_probes.png",
-                  "Linear-probe top-1 accuracy (%) of each probed layer, shallow to deep, "
-                  "mean over seeds ± 95% CI; dashed: single-layer references.")
+                "seconds (left) and images seen (right); one colour per task, hollow markers "
+                "for a task's further configurations in a panel.")
+    layer_rows = layer_frame(runs)
+    layers = draw(rf.layer_curves(layer_rows), "layer_probes.png", LAYER_CAPTION + (
+        LAYER_REFERENCES if not rf.layer_references(layer_rows).empty else ""))
     lines = [f"# {title}", "",
              f"{len(per_run)} finished runs of {len(summary)} configurations, read from "
              + ", ".join(f"`{p}`" for p in paths) + ".", "",
-             "## How the runs were made", "", _commands(runs, sweep_commands or []), "",
+             "## How the runs were made", "", _commands(runs, sweep_commands), "",
              "## Budget", "",
              "Epochs and images seen are pretraining; pretrain / eval-train / test images "
              "are the split sizes used.", "", _budget(summary), "", _compute(per_run), "",
-             *(["## Tuning", "", tuning_section(tuned), ""] if tuned else []),
+             *(["## Tuning", "", tuning, ""] if tuning else []),
              "## Leaderboard", "", leaderboard_markdown(summary),
              "Files: [leaderboard.csv](leaderboard.csv) (per configuration: mean, std, n and "
              "95% CI of every metric), [leaderboard_runs.csv](leaderboard_runs.csv) (per run, "
@@ -215,8 +283,6 @@ def build_report(paths: list[str | Path], out_dir: str | Path, title: str = "ssl
                        "no run probed two or more layers (`layers` in results.json)."),
              *_section("Task pictures", _task_pictures(runs, figures),
                        "no run saved a task picture."),
-             *_section("Feature projections", _projections(runs, figures),
+             *_section("Feature projections", _projections(samples, figures),
                        "no run saved a test-feature sample (`feature_sample`).")]
-    readme = out_dir / "README.md"
-    atomic_write_text(readme, "\n".join(lines).rstrip() + "\n")
-    return readme
+    atomic_write_text(out_dir / "README.md", "\n".join(lines).rstrip() + "\n")

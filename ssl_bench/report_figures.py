@@ -4,6 +4,9 @@ or ``None`` when there is nothing to draw."""
 
 from __future__ import annotations
 
+import functools
+import zlib
+
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
@@ -95,15 +98,43 @@ def _half_width(values) -> float:
     return (high - low) / 2
 
 
-def _colours(names: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+#: 20 qualitative colours: tab20's ten strong hues, then their light partners, so
+#: the first ten tasks differ in hue.
+PALETTE = tuple(plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2)))
+
+
+@functools.cache
+def _task_names() -> tuple[str, ...]:
+    """The registry's task names, sorted (read from source: nothing is imported)."""
+    from ssl_bench.catalog import Catalog
+    from ssl_bench.core.registry import TASKS
+
+    return tuple(Catalog().names(TASKS))
+
+
+def task_colour(task: str) -> tuple[float, float, float, float]:
+    """The RGBA colour (floats in [0, 1]) of ``task`` in every figure: its place
+    among the registry's sorted task names in :data:`PALETTE`; a task the registry
+    does not know (a plug-in since removed) gets a colour from a CRC of its name."""
+    names = _task_names()
+    index = names.index(task) if task in names else zlib.crc32(str(task).encode())
+    return PALETTE[index % len(PALETTE)]
+
+
+def _variants(frame: pd.DataFrame) -> list[int]:
+    """Per row, the rank (0, 1, …) of its configuration among those of its task in
+    ``frame``, in order of appearance: what tells one task's configurations apart
+    where they share a colour."""
+    firsts = frame.drop_duplicates("_label")
+    rank = dict(zip(firsts["_label"], firsts.groupby("task", sort=False).cumcount()))
+    return [rank[n] for n in frame["_label"]]
 
 
 def cost_scatter(runs: pd.DataFrame):
     """k-NN (●) and linear (▲) top-1 (%) of every run against its pretraining cost:
     wall-clock train seconds (left) and images seen (right); one row of panels per
-    dataset, one colour per configuration. ``None`` if no run recorded both."""
+    dataset, one colour per task (:func:`task_colour`), the second and further
+    configurations of a task hollow. ``None`` if no run recorded both."""
     costs = [("train_seconds", "pretraining wall-clock time (s)"),
              ("images_seen", "pretraining images seen (images)")]
     runs = runs.assign(_label=_labels(runs))
@@ -113,39 +144,63 @@ def cost_scatter(runs: pd.DataFrame):
                            | _numeric(runs, "images_seen").notna())]
     if runs.empty:
         return None
-    colours = _colours(list(dict.fromkeys(runs["_label"])))
+    runs = runs.assign(_hollow=[v > 0 for v in _variants(runs)])
     datasets = _datasets(runs)
     fig, axes = plt.subplots(len(datasets), 2, squeeze=False, layout="constrained",
                              figsize=(11, 3.6 * len(datasets)))
     for row, dataset in zip(axes, datasets):
         part = runs[runs["dataset"] == dataset]
+        colours = [task_colour(t) for t in part["task"]]
+        faces = ["white" if h else c for h, c in zip(part["_hollow"], colours)]
+        edges = [c if h else "0.2" for h, c in zip(part["_hollow"], colours)]
         for ax, (cost, xlabel) in zip(row, costs):
             for (metric, _), marker in zip(series, ("o", "^")):
                 ax.scatter(_numeric(part, cost), _numeric(part, metric), marker=marker, s=36,
-                           c=[colours[n] for n in part["_label"]], edgecolors="0.2",
-                           linewidths=0.5)
+                           c=faces, edgecolors=edges, linewidths=1.0)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("top-1 accuracy (%)")
             ax.set_title(dataset, fontsize=10)
             ax.grid(alpha=0.3)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-    marker = dict(linestyle="none", markeredgecolor="0.2", markersize=7)
-    handles = [Line2D([], [], marker="s", color=c, label=n, **marker) for n, c in colours.items()]
-    handles += [Line2D([], [], marker=m, color="white", label=name, **marker)
-                for (_, name), m in zip(series, ("o", "^"))]
+    marker = dict(linestyle="none", markersize=7, markeredgewidth=1.0)
+    configs = runs.drop_duplicates("_label")
+    handles = [Line2D([], [], marker="s", label=n, markerfacecolor="white" if h else c,
+                      markeredgecolor=c if h else "0.2", **marker)
+               for n, c, h in zip(configs["_label"], map(task_colour, configs["task"]),
+                                  configs["_hollow"])]
+    handles += [Line2D([], [], marker=m, color="white", markeredgecolor="0.2", label=name,
+                       **marker) for (_, name), m in zip(series, ("o", "^"))]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     return fig
 
 
+def layer_references(layers: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``layers`` (as :func:`layer_curves` takes it) that it draws as
+    dashed references: configurations that probed a single layer (e.g. ``pixels``),
+    in a dataset where some configuration probed two or more."""
+    layers = layers.assign(linear_top1=_numeric(layers, "linear_top1")).dropna(
+        subset=["linear_top1"])
+    depth = layers.groupby("config_id")["index"].transform("max")
+    curves = set(layers.loc[depth > 1, "dataset"])
+    return layers[(depth == 1) & layers["dataset"].isin(curves)]
+
+
+#: Line styles of a task's first, second, … configuration in one panel ("--" is
+#: the references').
+_STYLES = ("-", ":", "-.")
+
+
 def layer_curves(layers: pd.DataFrame):
     """Linear-probe top-1 (%) against depth, one line per configuration (mean over
-    seeds, error bars the 95% CI half-width), one panel per (dataset, backbone).
+    seeds, error bars the 95% CI half-width), one panel per (dataset, backbone), one
+    colour per task (:func:`task_colour`; a task's further configurations in a panel
+    dotted, then dash-dotted).
 
     Args:
         layers: one row per (run, probed layer) with columns dataset, task, backbone,
             config_id, seed, layer (name), index (1 = shallowest) and linear_top1 (%).
-            Configurations with a single layer (e.g. ``pixels``) are drawn as
-            dashed horizontal lines in every panel of their dataset.
+            Configurations with a single layer (:func:`layer_references`) are drawn
+            as dashed horizontal lines in every panel of their dataset.
 
     Returns:
         The Figure, or ``None`` if no configuration probed two or more layers.
@@ -156,7 +211,8 @@ def layer_curves(layers: pd.DataFrame):
         return None
     layers = layers.assign(_label=_labels(layers))
     depth = layers.groupby("config_id")["index"].transform("max")
-    curves, flat = layers[depth > 1], layers[depth == 1]
+    curves = layers[depth > 1]
+    flat = layer_references(layers)
     panels = list(dict.fromkeys(zip(curves["dataset"], curves["backbone"])))
     if not panels:
         return None
@@ -170,6 +226,7 @@ def layer_curves(layers: pd.DataFrame):
         part = curves[(curves["dataset"] == dataset) & (curves["backbone"] == backbone)]
         names = part.groupby("_label")["layer"].agg(lambda s: tuple(dict.fromkeys(s)))
         shared = names.nunique() == 1
+        variant = dict(zip(part["_label"], _variants(part)))
         lines = list(part.groupby("_label", sort=False))
         for j, (name, line) in enumerate(lines):
             stats = line.groupby("index").agg(mean=("linear_top1", "mean"),
@@ -177,9 +234,12 @@ def layer_curves(layers: pd.DataFrame):
             dodge = 0.05 * (j - (len(lines) - 1) / 2)  # keeps error bars apart
             x = stats.index.to_numpy() + dodge
             x = x if shared else x / stats.index.max()
-            ax.errorbar(x, stats["mean"], yerr=stats["half"], marker="o", capsize=3, label=name)
+            ax.errorbar(x, stats["mean"], yerr=stats["half"], marker="o", capsize=3, label=name,
+                        color=task_colour(line["task"].iloc[0]),
+                        linestyle=_STYLES[variant[name] % len(_STYLES)])
         for name, ref in flat[flat["dataset"] == dataset].groupby("_label"):
-            ax.axhline(ref["linear_top1"].mean(), color="0.4", linestyle="--", label=name)
+            ax.axhline(ref["linear_top1"].mean(), color=task_colour(ref["task"].iloc[0]),
+                       linestyle="--", label=name)
         if shared:
             ticks = names.iloc[0]
             ax.set_xticks(range(1, len(ticks) + 1), ticks, rotation=30, ha="right",
