@@ -26,6 +26,9 @@ UNLABELED_LAYOUT = (f"<root>/{UNLABELED_SPLIT}/<any depth>/<image> for pretraini
                     "test/ beside it optional), or a folder of images without train/ and test/ "
                     "(pretraining only: give --eval-dataset)")
 IMAGEFOLDER_DEFAULT_SIZE = 64  # px, when --image-size is not given
+#: Bumped when decoding changes, so copies cached by an older decoder are not reused
+#: (2: 16-bit images are scaled to 8 bit; they came out white before).
+DECODER = 2
 #: File name endings taken as images (torchvision's ``IMG_EXTENSIONS``; any case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -35,12 +38,38 @@ def _decode(path: str, size: int | None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_8bit(im, path).convert("RGB")
             if size is not None and im.size != (size, size):
                 im = _resize_center_crop(im, size)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def _to_8bit(im, path: str):
+    """``im`` with 8-bit channels. PIL's ``convert`` clips 16-bit grey (modes ``I;16``,
+    ``I``) at 255, which made such images white; it is scaled here by
+    round(v · 255 / 65535). (PIL itself reads a 16-bit colour PNG as 8-bit by keeping each
+    value's high byte, at most one level below that rounding.)
+
+    Raises:
+        DataError: 32-bit float pixels (mode ``F``), whose range no file states.
+    """
+    from PIL import Image
+
+    if im.mode == "F":
+        raise DataError(f"cannot decode image {path}: 32-bit float pixels have no fixed "
+                        "range; save it with 8 or 16 bits per channel")
+    if im.mode == "I" or im.mode.startswith("I;16"):  # PIL scales 16-bit PGMs to 65535 too
+        return Image.fromarray(_scale_16_to_8(np.asarray(im)))
+    return im
+
+
+def _scale_16_to_8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit values (any integer dtype; clipped to 0…65535) → the nearest ``uint8`` level,
+    round(v · 255 / 65535) = round(v / 257), same shape."""
+    wide = np.clip(pixels.astype(np.int64), 0, 65535)
+    return ((wide + 128) // 257).astype(np.uint8)
 
 
 def _resize_center_crop(im, size: int):
@@ -82,8 +111,8 @@ def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
 def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | None) -> str:
     """16 hex digits that change when any image is added, removed, moved to another
     class folder, replaced or rewritten (relative path, byte size and modification
-    time of every file), or when the decode size changes."""
-    digest = hashlib.sha1(f"{root.resolve()}|{image_size}".encode())
+    time of every file), or when the decode size or :data:`DECODER` changes."""
+    digest = hashlib.sha1(f"{root.resolve()}|{image_size}|{DECODER}".encode())
     start = len(os.path.join(root, ""))  # every sample path was joined onto root
     for path, _ in samples:
         stat = os.stat(path)

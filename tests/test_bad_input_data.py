@@ -1,0 +1,105 @@
+"""Data input: refusals in one line that name the option (exit 2, nothing written), and
+image folders that used to decode silently wrong (16-bit images, symlink loops)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_bench.cli import main
+from ssl_bench.datasets import load_dataset
+from test_bad_input import FAST, make_folder, refused, snapshot
+
+# 16-bit levels and the 8-bit level nearest to each, round(v · 255 / 65535): black,
+# the first value that rounds up, mid grey, the last value that rounds down, one that
+# rounds up to white, white
+LEVELS_16 = [0, 129, 32896, 383, 65408, 65535]
+LEVELS_8 = [0, 1, 128, 1, 255, 255]
+# what PIL makes of a 16-bit colour PNG: each value's high byte, v // 256
+HIGH_BYTES = [v >> 8 for v in LEVELS_16]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache"))
+
+
+def _write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A real 16-bit colour PNG (colour type 2 or 6) of ``uint16`` ``(H, W, 3 or 4)``:
+    PIL writes 16 bits for grey only."""
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)  # filter 0
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+                     chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _sixteen_bit_tree(root: Path, kind: str) -> Path:
+    """train/ and test/ with classes a and b of 8×8 16-bit images, each one level of
+    :data:`LEVELS_16` (grey) or that level in R with G and B fixed (colour), ending
+    ``.png`` or ``.tif``."""
+    for split in ("train", "test"):
+        for c in "ab":
+            (root / split / c).mkdir(parents=True)
+            for i, level in enumerate(LEVELS_16):
+                grey = np.full((8, 8), level, dtype=np.uint16)
+                if kind == "grey":
+                    Image.fromarray(grey).save(root / split / c / f"{i}.png")  # mode I;16
+                elif kind == "tiff":
+                    Image.fromarray(grey).save(root / split / c / f"{i}.tif")
+                else:
+                    extra = [np.full_like(grey, 257 * 10), np.full_like(grey, 65535)]
+                    alpha = [np.full_like(grey, 65535)] if kind == "rgba" else []
+                    _write_png16(root / split / c / f"{i}.png",
+                                 np.stack([grey, *extra, *alpha], axis=-1))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["grey", "tiff", "rgb", "rgba"])
+def test_sixteen_bit_images_decode_to_their_8_bit_levels(tmp_path, kind):
+    root = _sixteen_bit_tree(tmp_path / "deep", kind)
+    data = load_dataset(f"imagefolder:{root}", image_size=8)
+    # every image is flat, so resizing is a no-op; the first pixel of each image says it all
+    first = data.train_images[:, 0, 0, 0].tolist()  # classes a, b; grey ones were white
+    assert first == (LEVELS_8 if kind in ("grey", "tiff") else HIGH_BYTES) * 2
+    if kind in ("grey", "tiff"):
+        assert data.channels == 1
+    else:
+        assert data.channels == 3
+        assert set(data.train_images[:, 1].flatten().tolist()) == {10}
+        assert set(data.train_images[:, 2].flatten().tolist()) == {255}
+
+
+def test_sixteen_bit_images_beside_8_bit_ones_decode_alike(tmp_path):
+    root = make_folder(tmp_path / "mixed", grey=True, size=8)
+    eight = load_dataset(f"imagefolder:{root}", image_size=8).train_images
+    for path in sorted((root / "train").rglob("*.png")):  # the same pixels, 16 bits deep
+        Image.fromarray(np.asarray(Image.open(path)).astype(np.uint16) * 257).save(path)
+    assert np.array_equal(load_dataset(f"imagefolder:{root}", image_size=8).train_images,
+                          eight)
+
+
+def test_float_images_are_refused_naming_the_file(capsys, tmp_path):
+    root = make_folder(tmp_path / "floats", size=8)
+    bad = root / "train" / "a" / "0.tif"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(bad)  # mode F
+    out = tmp_path / "runs"
+    out.mkdir()
+    assert main(["run", "--task", "random-init", *FAST, "--dataset", f"imagefolder:{root}",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    # found while decoding: after the line announcing the decode
+    assert err.splitlines()[-1] == (f"error: cannot decode image {bad}: 32-bit float pixels "
+                                    "have no fixed range; save it with 8 or 16 bits per channel")
+    assert "Traceback" not in err and not any(out.iterdir())
+    assert not any((tmp_path / "cache").rglob("*.pt"))
