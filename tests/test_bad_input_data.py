@@ -103,3 +103,30 @@ def test_float_images_are_refused_naming_the_file(capsys, tmp_path):
                                     "have no fixed range; save it with 8 or 16 bits per channel")
     assert "Traceback" not in err and not any(out.iterdir())
     assert not any((tmp_path / "cache").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("link, target", [
+    ("train/a/loop", "train/a"), ("train/a/nested/up", "train/a"),
+    ("unlabeled/loop", "unlabeled"),
+])
+def test_a_symlink_loop_lists_each_image_once(tmp_path, link, target):
+    root = make_folder(tmp_path / "photos", size=8)
+    if link.startswith("unlabeled"):
+        (root / "unlabeled").mkdir()
+        Image.new("RGB", (8, 8)).save(root / "unlabeled" / "x.png")
+    (root / link).parent.mkdir(exist_ok=True)
+    (root / link).symlink_to(root / target)  # each image listed 41 times before
+    data = load_dataset(f"imagefolder:{root}", image_size=8)
+    assert len(data.train_images) == 6 and data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(data.pretraining) == (1 if link.startswith("unlabeled") else 6)
+
+
+def test_a_folder_linked_twice_is_listed_once_and_a_linked_folder_is_followed(tmp_path):
+    root = make_folder(tmp_path / "photos", size=8)
+    elsewhere = tmp_path / "more"
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(elsewhere / "x.png")
+    for name in ("m1", "m2"):
+        (root / "train" / "b" / name).symlink_to(elsewhere)
+    data = load_dataset(f"imagefolder:{root}", image_size=8)
+    assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1, 1]

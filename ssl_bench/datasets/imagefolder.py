@@ -8,6 +8,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -86,11 +87,28 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(folder, followlinks=True)`` entering each real folder once: a link back up
+    the tree (``cat/loop -> .``) listed every image again per level, 41 times before the
+    path grew too long. Folders are walked in sorted order, so the copy kept of a folder
+    linked twice does not depend on the file system's order. The caller may prune
+    ``dirs`` in place, as with ``os.walk``."""
+    seen: set[str] = set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield parent, dirs, files
+
+
 def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """The ``(path, class index)`` samples of a ``<split>/<class>/…`` folder and its
     class names, in torchvision's ``make_dataset`` order (classes sorted, then a sorted
-    walk of each class folder; links followed). Listed here because importing
-    torchvision for it took 2 s."""
+    walk of each class folder; links followed, each real folder once). Listed here because
+    importing torchvision for it took 2 s."""
     # hidden folders (.git, .ipynb_checkpoints) are not classes
     classes = sorted(d.name for d in split_dir.iterdir()
                      if d.is_dir() and not d.name.startswith("."))
@@ -99,7 +117,7 @@ def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
     samples = []
     for index, name in enumerate(classes):
         found = [(os.path.join(parent, f), index)
-                 for parent, _, files in sorted(os.walk(split_dir / name, followlinks=True))
+                 for parent, _, files in sorted(_walk(split_dir / name))
                  for f in sorted(files) if _is_image(f)]
         if not found:
             raise DataError(f"{split_dir / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
@@ -121,10 +139,10 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | Non
 
 
 def _list_unlabeled(folder: Path) -> list[tuple[str, int]]:
-    """Every image under ``folder`` at any depth (hidden files and folders skipped),
-    sorted, each with label -1."""
+    """Every image under ``folder`` at any depth (hidden files and folders skipped; links
+    followed, each real folder once), sorted, each with label -1."""
     found = []
-    for parent, dirs, files in os.walk(folder):
+    for parent, dirs, files in _walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .ipynb_checkpoints
         found += [os.path.join(parent, f) for f in files if not f.startswith(".") and _is_image(f)]
     return [(path, -1) for path in sorted(found)]
