@@ -130,3 +130,25 @@ def test_a_folder_linked_twice_is_listed_once_and_a_linked_folder_is_followed(tm
         (root / "train" / "b" / name).symlink_to(elsewhere)
     data = load_dataset(f"imagefolder:{root}", image_size=8)
     assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--dataset", "imagefolder:"], "--dataset imagefolder: names no folder"),
+    (["--eval-dataset", "imagefolder:"], "--eval-dataset imagefolder: names no folder"),
+    (["--eval-dataset", "nosuch"], "unknown dataset 'nosuch' for --eval-dataset; valid: "),
+    (["--dataset", "nosuch"], "unknown dataset 'nosuch' for --dataset; valid: "),
+])
+def test_data_options_are_refused_in_one_line_and_nothing_is_written(
+        capsys, tmp_path, monkeypatch, extra, expected):
+    folder = make_folder(tmp_path / "photos", size=8)
+    extra = [e.replace("FOLDER", f"imagefolder:{folder}") for e in extra]
+    monkeypatch.chdir(folder / "train" / "a")  # "imagefolder:" scanned this folder before
+    out = tmp_path / "runs"
+    out.mkdir()
+    before = snapshot(tmp_path)
+    refused(capsys, ["run", "--task", "random-init", *FAST, *extra, "--out", str(out)], out,
+            expected)
+    written = set(snapshot(tmp_path)) - set(before)
+    # an --eval-dataset is loaded after --dataset: digits' own copy may be cached first
+    assert not written or extra[0] == "--eval-dataset" and all(
+        "digits-sklearn" in path for path in written), written

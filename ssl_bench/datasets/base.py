@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ssl_bench.core.errors import DataError, OptionError
+from ssl_bench.core.errors import DataError, OptionError, UnknownNameError
 from ssl_bench.core.images import resize_uint8, to_float
 from ssl_bench.core.registry import DATASETS
 from ssl_bench.core.spec import DataSpec
@@ -136,7 +136,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
         with labelled data).
 
     Raises:
-        UnknownNameError: unknown dataset name (lists the valid ones).
+        UnknownNameError: unknown dataset name (names ``option``, lists the valid ones).
+        OptionError: ``imagefolder:`` without a path; an ``image_size`` under 8 px.
         DataError: a missing/empty folder (says which layout is expected), a
             failed download, a corrupt image (names the file), or too few classes
             or images to score (see :func:`check_label_counts`), an unlabeled
@@ -150,15 +151,32 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
     if name.startswith(IMAGEFOLDER_PREFIX):
         from ssl_bench.datasets.imagefolder import load_imagefolder
 
+        if name == IMAGEFOLDER_PREFIX:  # Path("") is the current folder
+            raise OptionError(f"{option} {name} names no folder; give {option} "
+                              f"{IMAGEFOLDER_PREFIX}<path>")
         path = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
         data = load_imagefolder(path, name, hflip=True, image_size=image_size,
                                 need_labels=need_labels)
     else:
-        loader: Callable[..., ImageData] = DATASETS.get(name)
+        loader = _loader(name, option)
         data = loader(Path(root).expanduser() if root else None, download)
     if data.labelled:
         check_label_counts(data.name, data.train_labels, data.num_classes, len(data.test_labels))
     return data.resized(image_size) if image_size else data
+
+
+def _loader(name: str, option: str) -> Callable[..., ImageData]:
+    """The registered loader of ``name``.
+
+    Raises:
+        UnknownNameError: naming ``option`` (``--dataset``, ``--eval-dataset``) and the
+            valid names.
+    """
+    try:
+        return DATASETS.get(name)
+    except UnknownNameError:
+        raise UnknownNameError(f"unknown dataset {name!r} for {option}; valid: "
+                               f"{', '.join(dataset_names())}") from None
 
 
 def check_label_counts(name: str, train_labels: torch.Tensor, num_classes: int,
