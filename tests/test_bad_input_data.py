@@ -137,6 +137,11 @@ def test_a_folder_linked_twice_is_listed_once_and_a_linked_folder_is_followed(tm
     (["--eval-dataset", "imagefolder:"], "--eval-dataset imagefolder: names no folder"),
     (["--eval-dataset", "nosuch"], "unknown dataset 'nosuch' for --eval-dataset; valid: "),
     (["--dataset", "nosuch"], "unknown dataset 'nosuch' for --dataset; valid: "),
+    (["--image-size", "100000"], "--image-size 100000: the 1,797 images of digits would take "
+                                 "18.0 TB decoded (1,797 × 1 channel(s) × 100000² bytes)"),
+    (["--dataset", "mnist", "--image-size", "100000"], "the 70,000 images of mnist"),
+    # 36 TB: more than any machine this runs on
+    (["--dataset", "FOLDER", "--image-size", "1000000"], "the 12 images of imagefolder:"),
 ])
 def test_data_options_are_refused_in_one_line_and_nothing_is_written(
         capsys, tmp_path, monkeypatch, extra, expected):

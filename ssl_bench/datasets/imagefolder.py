@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ssl_bench.core.errors import DataError
+from ssl_bench.core.memory import check_decoded_fits
 from ssl_bench.core.rundir import atomic_torch_save
 from ssl_bench.datasets.base import ImageData, cache_dir, check_label_counts
 
@@ -230,12 +231,14 @@ def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None,
                       f"{UNLABELED_SPLIT}/" if (root / UNLABELED_SPLIT).is_dir() else "all images")
     if need_labels and not classes:
         raise DataError(unlabeled_only(name, len(unlabeled), pretrain_split))
-    key = _cache_key(root, [s for samples in splits.values() for s in samples], image_size)
+    samples = [s for split_samples in splits.values() for s in split_samples]
+    size = image_size or IMAGEFOLDER_DEFAULT_SIZE
+    check_decoded_fits(name, len(samples), 3, size)  # decoded as RGB; grey is kept after
+    key = _cache_key(root, samples, image_size)
     cached = cache_dir() / "decoded" / f"{name.replace(':', '_').replace('/', '_')[:40]}-{key}.pt"
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
     else:
-        size = image_size or IMAGEFOLDER_DEFAULT_SIZE
         counts = [f"{len(splits['train'])} train and {len(splits['test'])} {test_name}"
                   if classes else "", f"{len(unlabeled)} unlabeled" if unlabeled else ""]
         print(f"{name}: decoding {' and '.join(c for c in counts if c)} images at "
