@@ -90,8 +90,8 @@ def _is_image(name: str) -> bool:
 
 def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk(folder, followlinks=True)`` entering each real folder once: a link back up
-    the tree (``cat/loop -> .``) listed every image again per level, 41 times before the
-    path grew too long. Folders are walked in sorted order, so the copy kept of a folder
+    the tree (``cat/loop -> .``) listed every image again at each level until the path
+    grew too long (24 images made 504). Folders are walked in sorted order, so the copy kept of a folder
     linked twice does not depend on the file system's order. The caller may prune
     ``dirs`` in place, as with ``os.walk``."""
     seen: set[str] = set()
