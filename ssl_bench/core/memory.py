@@ -1,4 +1,5 @@
-"""Peak memory of a run, for the cost columns (as lightly's benchmark tables report it).
+"""Peak memory of a run, for the cost columns (as lightly's benchmark tables report it),
+and the check that a decoded dataset can fit in memory at all.
 
 On a CUDA device: ``torch.cuda.max_memory_allocated`` — the most memory that tensors
 held at once since :func:`reset_peak_memory` (allocator caching and the CUDA context
@@ -9,13 +10,50 @@ loading and everything before as well).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
+
+from ssl_bench.core.errors import OptionError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports the core
     import torch
 
 MIB = 1024 * 1024
+GB = 1e9
+
+
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes (``os.sysconf``; a container's own limit is
+    not seen), ``None`` where the platform does not say (Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_decoded_fits(dataset: str, images: int, channels: int, size: int) -> None:
+    """Refuse a decode that cannot fit in memory before it starts: ``images`` ``uint8``
+    images of ``channels`` × ``size``² bytes (``size``: ``--image-size``, px) against the
+    physical memory.
+
+    Only the decoded tensor is counted (decoding briefly holds two or three copies, and
+    training more), so a refusal is certain; a size just under the limit may still fail.
+
+    Raises:
+        OptionError: naming ``--image-size``, the estimate and the memory.
+    """
+    need, have = images * channels * size * size, physical_memory()
+    if have is not None and need > have:
+        raise OptionError(
+            f"--image-size {size}: the {images:,} images of {dataset} would take "
+            f"{_gb(need)} decoded ({images:,} × {channels} channel(s) × {size}² bytes), "
+            f"more than this machine's {_gb(have)} of memory; give a smaller --image-size")
+
+
+def _gb(nbytes: int) -> str:
+    """``nbytes`` in GB, or TB from 1,000 GB on."""
+    return f"{nbytes / 1e12:,.1f} TB" if nbytes >= 1e12 else f"{nbytes / GB:,.1f} GB"
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -17,8 +17,9 @@ from typing import Callable
 
 import torch
 
-from ssl_bench.core.errors import DataError, OptionError
+from ssl_bench.core.errors import DataError, OptionError, UnknownNameError
 from ssl_bench.core.images import resize_uint8, to_float
+from ssl_bench.core.memory import check_decoded_fits
 from ssl_bench.core.registry import DATASETS
 from ssl_bench.core.spec import DataSpec
 from ssl_bench.core.subsets import subset_indices
@@ -130,13 +131,20 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
         need_labels: refuse an ``imagefolder:`` of unlabeled images only before
             decoding it (the message points at ``--eval-dataset``).
 
+    A registered loader may carry ``images = (count, channels)`` of its full dataset, so
+    that a hopeless ``image_size`` is refused before the loader downloads or caches.
+
     Returns:
         The decoded :class:`ImageData`; it may have pretraining images only (a flat
         folder: see :func:`ssl_bench.datasets.pairing.with_eval_data` for pairing it
         with labelled data).
 
     Raises:
-        UnknownNameError: unknown dataset name (lists the valid ones).
+        UnknownNameError: unknown dataset name (names ``option``, lists the valid ones).
+        OptionError: ``imagefolder:`` without a path; an ``image_size`` under 8 px or one
+            whose decoded images cannot fit in the machine's memory (refused before
+            anything is downloaded, decoded or cached when the loader states its
+            ``images``).
         DataError: a missing/empty folder (says which layout is expected), a
             failed download, a corrupt image (names the file), or too few classes
             or images to score (see :func:`check_label_counts`), an unlabeled
@@ -150,15 +158,42 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, image_size: i
     if name.startswith(IMAGEFOLDER_PREFIX):
         from ssl_bench.datasets.imagefolder import load_imagefolder
 
+        if name == IMAGEFOLDER_PREFIX:  # Path("") is the current folder
+            raise OptionError(f"{option} {name} names no folder; give {option} "
+                              f"{IMAGEFOLDER_PREFIX}<path>")
         path = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
         data = load_imagefolder(path, name, hflip=True, image_size=image_size,
                                 need_labels=need_labels)
     else:
-        loader: Callable[..., ImageData] = DATASETS.get(name)
+        loader = _loader(name, option)
+        if image_size and hasattr(loader, "images"):  # before anything is downloaded or cached
+            check_decoded_fits(name, *loader.images, image_size)
         data = loader(Path(root).expanduser() if root else None, download)
+        if image_size:
+            check_decoded_fits(name, _image_count(data), data.channels, image_size)
     if data.labelled:
         check_label_counts(data.name, data.train_labels, data.num_classes, len(data.test_labels))
     return data.resized(image_size) if image_size else data
+
+
+def _loader(name: str, option: str) -> Callable[..., ImageData]:
+    """The registered loader of ``name``.
+
+    Raises:
+        UnknownNameError: naming ``option`` (``--dataset``, ``--eval-dataset``) and the
+            valid names.
+    """
+    try:
+        return DATASETS.get(name)
+    except UnknownNameError:
+        raise UnknownNameError(f"unknown dataset {name!r} for {option}; valid: "
+                               f"{', '.join(dataset_names())}") from None
+
+
+def _image_count(data: ImageData) -> int:
+    """Every image of ``data``: train, test and separate pretraining images."""
+    extra = 0 if data.pretrain_images is None else len(data.pretrain_images)
+    return len(data.train_images) + len(data.test_images) + extra
 
 
 def check_label_counts(name: str, train_labels: torch.Tensor, num_classes: int,

@@ -49,3 +49,6 @@ def load_digits(root: Path | None = None, download: bool = True) -> ImageData:
             pass
     return ImageData("digits", split["xtr"], split["ytr"], split["xte"], split["yte"],
                      [str(i) for i in range(10)], hflip=False)
+
+
+load_digits.images = (1797, 1)  # (count, channels), for the memory check before caching

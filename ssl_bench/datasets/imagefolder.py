@@ -8,11 +8,13 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from ssl_bench.core.errors import DataError
+from ssl_bench.core.memory import check_decoded_fits
 from ssl_bench.core.rundir import atomic_torch_save
 from ssl_bench.datasets.base import ImageData, cache_dir, check_label_counts
 
@@ -26,6 +28,9 @@ UNLABELED_LAYOUT = (f"<root>/{UNLABELED_SPLIT}/<any depth>/<image> for pretraini
                     "test/ beside it optional), or a folder of images without train/ and test/ "
                     "(pretraining only: give --eval-dataset)")
 IMAGEFOLDER_DEFAULT_SIZE = 64  # px, when --image-size is not given
+#: Bumped when decoding changes, so copies cached by an older decoder are not reused
+#: (2: 16-bit images are scaled to 8 bit; they came out white before).
+DECODER = 2
 #: File name endings taken as images (torchvision's ``IMG_EXTENSIONS``; any case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -35,12 +40,38 @@ def _decode(path: str, size: int | None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_8bit(im, path).convert("RGB")
             if size is not None and im.size != (size, size):
                 im = _resize_center_crop(im, size)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def _to_8bit(im, path: str):
+    """``im`` with 8-bit channels. PIL's ``convert`` clips 16-bit grey (modes ``I;16``,
+    ``I``) at 255, which made such images white; it is scaled here by
+    round(v · 255 / 65535). (PIL itself reads a 16-bit colour PNG as 8-bit by keeping each
+    value's high byte, at most one level below that rounding.)
+
+    Raises:
+        DataError: 32-bit float pixels (mode ``F``), whose range no file states.
+    """
+    from PIL import Image
+
+    if im.mode == "F":
+        raise DataError(f"cannot decode image {path}: 32-bit float pixels have no fixed "
+                        "range; save it with 8 or 16 bits per channel")
+    if im.mode == "I" or im.mode.startswith("I;16"):  # PIL scales 16-bit PGMs to 65535 too
+        return Image.fromarray(_scale_16_to_8(np.asarray(im)))
+    return im
+
+
+def _scale_16_to_8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit values (any integer dtype; clipped to 0…65535) → the nearest ``uint8`` level,
+    round(v · 255 / 65535) = round(v / 257), same shape."""
+    wide = np.clip(pixels.astype(np.int64), 0, 65535)
+    return ((wide + 128) // 257).astype(np.uint8)
 
 
 def _resize_center_crop(im, size: int):
@@ -57,11 +88,28 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _walk(folder: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(folder, followlinks=True)`` entering each real folder once: a link back up
+    the tree (``cat/loop -> .``) listed every image again at each level until the path
+    grew too long (24 images made 504). Folders are walked in sorted order, so the copy kept of a folder
+    linked twice does not depend on the file system's order. The caller may prune
+    ``dirs`` in place, as with ``os.walk``."""
+    seen: set[str] = set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield parent, dirs, files
+
+
 def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """The ``(path, class index)`` samples of a ``<split>/<class>/…`` folder and its
     class names, in torchvision's ``make_dataset`` order (classes sorted, then a sorted
-    walk of each class folder; links followed). Listed here because importing
-    torchvision for it took 2 s."""
+    walk of each class folder; links followed, each real folder once). Listed here because
+    importing torchvision for it took 2 s."""
     # hidden folders (.git, .ipynb_checkpoints) are not classes
     classes = sorted(d.name for d in split_dir.iterdir()
                      if d.is_dir() and not d.name.startswith("."))
@@ -70,7 +118,7 @@ def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
     samples = []
     for index, name in enumerate(classes):
         found = [(os.path.join(parent, f), index)
-                 for parent, _, files in sorted(os.walk(split_dir / name, followlinks=True))
+                 for parent, _, files in sorted(_walk(split_dir / name))
                  for f in sorted(files) if _is_image(f)]
         if not found:
             raise DataError(f"{split_dir / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
@@ -82,8 +130,8 @@ def _list_split(split_dir: Path) -> tuple[list[tuple[str, int]], list[str]]:
 def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | None) -> str:
     """16 hex digits that change when any image is added, removed, moved to another
     class folder, replaced or rewritten (relative path, byte size and modification
-    time of every file), or when the decode size changes."""
-    digest = hashlib.sha1(f"{root.resolve()}|{image_size}".encode())
+    time of every file), or when the decode size or :data:`DECODER` changes."""
+    digest = hashlib.sha1(f"{root.resolve()}|{image_size}|{DECODER}".encode())
     start = len(os.path.join(root, ""))  # every sample path was joined onto root
     for path, _ in samples:
         stat = os.stat(path)
@@ -92,10 +140,10 @@ def _cache_key(root: Path, samples: list[tuple[str, int]], image_size: int | Non
 
 
 def _list_unlabeled(folder: Path) -> list[tuple[str, int]]:
-    """Every image under ``folder`` at any depth (hidden files and folders skipped),
-    sorted, each with label -1."""
+    """Every image under ``folder`` at any depth (hidden files and folders skipped; links
+    followed, each real folder once), sorted, each with label -1."""
     found = []
-    for parent, dirs, files in os.walk(folder):
+    for parent, dirs, files in _walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, .ipynb_checkpoints
         found += [os.path.join(parent, f) for f in files if not f.startswith(".") and _is_image(f)]
     return [(path, -1) for path in sorted(found)]
@@ -183,12 +231,14 @@ def load_imagefolder(root: Path, name: str, hflip: bool, image_size: int | None,
                       f"{UNLABELED_SPLIT}/" if (root / UNLABELED_SPLIT).is_dir() else "all images")
     if need_labels and not classes:
         raise DataError(unlabeled_only(name, len(unlabeled), pretrain_split))
-    key = _cache_key(root, [s for samples in splits.values() for s in samples], image_size)
+    samples = [s for split_samples in splits.values() for s in split_samples]
+    size = image_size or IMAGEFOLDER_DEFAULT_SIZE
+    check_decoded_fits(name, len(samples), 3, size)  # decoded as RGB; grey is kept after
+    key = _cache_key(root, samples, image_size)
     cached = cache_dir() / "decoded" / f"{name.replace(':', '_').replace('/', '_')[:40]}-{key}.pt"
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
     else:
-        size = image_size or IMAGEFOLDER_DEFAULT_SIZE
         counts = [f"{len(splits['train'])} train and {len(splits['test'])} {test_name}"
                   if classes else "", f"{len(unlabeled)} unlabeled" if unlabeled else ""]
         print(f"{name}: decoding {' and '.join(c for c in counts if c)} images at "

@@ -101,3 +101,6 @@ def load_stl10(root: Path | None = None, download: bool = True) -> ImageData:
     return ImageData("stl10", *splits, classes, hflip=True,
                      pretrain_images=read_images(folder / "unlabeled_X.bin"),
                      pretrain_split="unlabeled")
+
+
+load_stl10.images = (113_000, 3)  # unlabeled, train, test; for the memory check before download

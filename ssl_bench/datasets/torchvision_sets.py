@@ -45,7 +45,10 @@ def _labels(ds) -> torch.Tensor:
 
 
 def _torchvision_dataset(name: str, cls_name: str, channels_last: bool, hflip: bool,
+                         images: tuple[int, int],
                          split_kw: tuple[dict, dict] | None = None) -> Callable[..., ImageData]:
+    """The loader of a torchvision dataset; ``images``: its ``(count, channels)`` (train
+    and test), for the memory check before it is downloaded."""
     def load(root: Path | None = None, download: bool = True) -> ImageData:
         root = root or default_data_root(name)
         splits = []
@@ -64,11 +67,13 @@ def _torchvision_dataset(name: str, cls_name: str, channels_last: bool, hflip: b
 
     load.__doc__ = (f"torchvision's {cls_name}; downloaded to the cache folder unless "
                     "--data-root holds it.")
+    load.images = images
     return load
 
 
 def _cifar(name: str, cls_name: str, num_classes: int) -> Callable[..., ImageData]:
-    from_torchvision = _torchvision_dataset(name, cls_name, channels_last=True, hflip=True)
+    from_torchvision = _torchvision_dataset(name, cls_name, channels_last=True, hflip=True,
+                                            images=(60_000, 3))
 
     def load(root: Path | None = None, download: bool = True) -> ImageData:
         if root is None or not (root / "train").is_dir():
@@ -77,13 +82,16 @@ def _cifar(name: str, cls_name: str, num_classes: int) -> Callable[..., ImageDat
 
     load.__doc__ = (f"torchvision's {cls_name}, or an ImageFolder tree (train/<class>/…, "
                     "test/<class>/…) when --data-root holds one.")
+    load.images = from_torchvision.images
     return load
 
 
-DATASETS.register("mnist")(_torchvision_dataset("mnist", "MNIST", False, hflip=False))
+DATASETS.register("mnist")(_torchvision_dataset("mnist", "MNIST", False, hflip=False,
+                                                images=(70_000, 1)))
 DATASETS.register("fashion-mnist")(_torchvision_dataset("fashion-mnist", "FashionMNIST", False,
-                                                        hflip=True))
+                                                        hflip=True, images=(70_000, 1)))
 DATASETS.register("cifar10")(_cifar("cifar10", "CIFAR10", 10))
 DATASETS.register("cifar100")(_cifar("cifar100", "CIFAR100", 100))
 DATASETS.register("svhn")(_torchvision_dataset("svhn", "SVHN", False, hflip=False,
+                                               images=(99_289, 3),  # 73,257 + 26,032
                                                split_kw=({"split": "train"}, {"split": "test"})))
