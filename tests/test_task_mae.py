@@ -60,10 +60,16 @@ def sinusoid_batch(n=8, side=16):
 
 
 def test_loss_falls_below_patch_mean_baseline():
+    """Fitting one batch under one mask: the masked patches' loss falls well below
+    predicting each patch's own mean (0 under norm_pix), the best a decoder can do
+    without reading the visible patches."""
     task = make_task(decoder_depth=1)
     images = sinusoid_batch()
-    # The paper's pre-training LR (its batch 4096, Table 8) so 60 steps move measurably.
-    (optimizer,) = task.configure_optimizers(task.default_optim(4096))
+    # The paper's rule (1.5e-4 × batch / 256, Table 8) at batch 512. Its batch-4096 rate
+    # moves a batch of 8 in steps that raise and lower this loss by ±5 % from one step to
+    # the next, so which step crossed a threshold depended on the host's rounding; at
+    # this rate it falls steadily (to 0.58 of the baseline after 80 steps on one host).
+    (optimizer,) = task.configure_optimizers(task.default_optim(512))
 
     def fixed_mask_loss():
         torch.manual_seed(1)
@@ -74,15 +80,16 @@ def test_loss_falls_below_patch_mean_baseline():
     target = task.target(x)[0]
     torch.manual_seed(1)
     mask = task.forward_encoder(x)[1]
-    # Predicting 0 = each patch's own mean, the trivial norm_pix prediction.
     patch_mean_loss = masked_mse(torch.zeros_like(target), target, mask).item()
     before = fixed_mask_loss()
-    for _ in range(60):  # 30 left it within 1 % of the threshold on one thread
+    for _ in range(80):
+        torch.manual_seed(1)  # the mask it is scored on
         logs = task.training_step(images, [optimizer])
         assert torch.isfinite(logs["loss"])
     after = fixed_mask_loss()
-    assert after < 0.8 * before
-    assert after < 0.97 * patch_mean_loss
+    # 0.8: a fall that rounding cannot fake (a steady fall, not a ±5 % oscillation
+    # around the baseline); an encoder or decoder that ignores its input stays at ≥ 1.
+    assert after < 0.8 * patch_mean_loss < 0.8 * before
 
 
 def test_default_optim_follows_paper(task):
