@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from contextlib import contextmanager
@@ -411,14 +412,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 2
+        return _fail(str(exc), 130 if isinstance(exc, Interrupted) else 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a file the checks could not foresee (disk full, permissions)
-        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _fail(f"{exc.filename or 'a file'}: {exc.strerror or exc}", 2)
+
+
+def _fail(message: str, status: int) -> int:
+    """Print ``error: <message>`` on stderr and return ``status``; under torchrun, one
+    line for all ranks (:func:`ssl_bench.distributed.report_failure`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from ssl_bench.distributed import report_failure
+
+        return report_failure(message, status)
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
