@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ssl_bench.config import RunConfig
+from ssl_bench.config import RunConfig, run_name
 from ssl_bench.core.errors import Interrupted, OptionError, SslBenchError
 
 CACHE_HELP = ("Decoded images and downloads are cached in $SSL_BENCH_CACHE (default "
@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                      init_from=str(Path(args.init_from).resolve()) if args.init_from else None)
     results = run_experiment(config)
     if distributed.is_main():
-        _print_results(results)
+        _print_results(results, Path(config.out) / run_name(config))
     return 0
 
 
@@ -289,18 +289,13 @@ def _export(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def _print_results(results: dict) -> None:
-    trained = (f"{results['epochs']} epochs, {results['images_seen']} images seen"
-               if results["epochs"] else "untrained reference")
-    print(f"\n{results['task']} / {results['backbone']} / {results['dataset']} "
-          f"(seed {results['seed']}, {trained})")
-    for section in ("pretext", "metrics"):
-        for key, value in results[section].items():
-            print(f"  {key:24s} {value:10.4g}" if isinstance(value, float) else
-                  f"  {key:24s} {value}")
-    cost = results["cost"]
-    print(f"  train: {cost['train_seconds']:.1f} s at {cost['train_images_per_s']:.0f} images/s; "
-          f"backbone parameters {cost['backbone_params']:,}")
+def _print_results(results: dict, run_dir: Path) -> None:
+    """The end of ``ssl-bench run`` on stdout: the headline scores against step 0,
+    the pretext score against chance, the cost, the run folder, the next commands
+    (:func:`ssl_bench.summary.run_summary`); every metric stays in results.json."""
+    from ssl_bench.summary import run_summary
+
+    print(run_summary(results, run_dir))
 
 
 def _show(value) -> str:
