@@ -44,9 +44,15 @@ def _headline_rows(results: dict, step0: dict | None = None) -> list[tuple[str, 
     return [(key, label) for key, label in rows if key in metrics]
 
 
-def _gain(before: float, after: float) -> str:
+def _cells(label: str, before: float | None, after: float, with_step0: bool) -> list[str]:
+    """A table row: label, step 0, final, gain in points (relative %); label and
+    final alone without a step-0 column; ``–`` where step 0 lacks the metric."""
+    if not with_step0:
+        return [label, f"{after:.2f}"]
+    if before is None:
+        return [label, "–", f"{after:.2f}", "–"]
     relative = f" ({(after - before) / abs(before):+.1%})" if before else ""
-    return f"{after - before:+.2f}{relative}"
+    return [label, f"{before:.2f}", f"{after:.2f}", f"{after - before:+.2f}{relative}"]
 
 
 def _wrap(sentence: str) -> str:
@@ -73,9 +79,7 @@ def _pretext_row(results: dict, step0: dict | None) -> list[str] | None:
                                                      if key in chance else "")
     label += " (lower is better)" if lower else ""
     before = (step0 or {}).get("pretext", {}).get(key)
-    return [label, *([] if step0 is None else ["–" if before is None else f"{before:.2f}"]),
-            f"{pretext[key]:.2f}",
-            *([] if step0 is None else ["–" if before is None else _gain(before, pretext[key])])]
+    return _cells(label, before, pretext[key], step0 is not None)
 
 
 def _verdict(results: dict, step0: dict) -> str:
@@ -112,15 +116,9 @@ def run_summary(results: dict, run_dir: str | Path) -> str:
     step0 = results.get("step0") if trained else None
     header = ["metric", "final"] if step0 is None else ["metric", "step 0", "final",
                                                          "gain, points (relative)"]
-    rows = [header]
-    for key, label in _headline_rows(results, step0):
-        final = results["metrics"][key]
-        if step0 is None:
-            rows.append([label, f"{final:.2f}"])
-            continue
-        before = step0["metrics"].get(key)
-        rows.append([label, "–" if before is None else f"{before:.2f}", f"{final:.2f}",
-                     "–" if before is None else _gain(before, final)])
+    rows = [header] + [_cells(label, (step0 or {}).get("metrics", {}).get(key),
+                              results["metrics"][key], step0 is not None)
+                       for key, label in _headline_rows(results, step0)]
     pretext = _pretext_row(results, step0)
     rows += [pretext] if pretext else []
     budget = (f"{results['epochs']} epoch(s), {results['images_seen']:,} images seen"
