@@ -131,8 +131,11 @@ def run_summary(results: dict, run_dir: str | Path) -> str:
             "An untrained reference: its features as initialised, nothing to gain.")
     lines.append(_wrap(note))
     cost = results["cost"]
-    train = (f"train {cost['train_seconds']:.1f} s at {per_second(cost['train_images_per_s'])} "
-             "images/s" if trained else "no training")
+    # from the totals: results.json rounds the rate to 0.1 images/s, a slow run's to 0
+    rate = (results["images_seen"] / cost["train_seconds"] if cost["train_seconds"]
+            else cost["train_images_per_s"])
+    train = (f"train {cost['train_seconds']:.1f} s at {per_second(rate)} images/s" if trained
+             else "no training")
     step0_s = f" (+ {cost['step0_eval_seconds']:.1f} s at step 0)" if step0 else ""
     out = shlex.quote(str(Path(run_dir).parent))
     lines += [_wrap(f"cost: {train}; evaluation {cost['eval_seconds']:.1f} s{step0_s}; "
