@@ -242,7 +242,6 @@ def on_main(work: Callable[[], T], module: nn.Module | None = None) -> T | None:
     return result
 
 
-
 def report_failure(message: str, status: int) -> int:
     """Report an error that ends this process as one ``error: <message>`` line on
     stderr for the whole run, and return ``status``, the exit status to end with.
