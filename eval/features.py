@@ -9,8 +9,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
+from eval.progress import phase
 from ssl_bench.core.images import to_float
 
 Out = TypeVar("Out")
@@ -31,14 +30,15 @@ def _encode_batches(encode: Callable[[torch.Tensor], Out], images: torch.Tensor,
         raise ValueError("no images to encode")
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=progress, leave=False, disable=None if progress else True):
-        batch = to_float(images[start:start + batch_size].to(device, non_blocking=True))
-        autocast = (contextlib.nullcontext() if autocast_dtype is None
-                    else torch.autocast(device.type, dtype=autocast_dtype))
-        with torch.no_grad(), autocast:
-            out = encode(batch)
-        yield out
+    with phase(progress, len(images), "images") as counter:
+        for start in range(0, len(images), batch_size):
+            batch = to_float(images[start:start + batch_size].to(device, non_blocking=True))
+            autocast = (contextlib.nullcontext() if autocast_dtype is None
+                        else torch.autocast(device.type, dtype=autocast_dtype))
+            with torch.no_grad(), autocast:
+                out = encode(batch)
+            yield out
+            counter.update(len(batch))
 
 
 def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
@@ -55,8 +55,9 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], images: tor
         device: where ``encode`` runs.
         autocast_dtype: run ``encode`` under ``torch.autocast`` with this dtype
             (e.g. ``torch.bfloat16`` on CUDA); ``None``: full precision.
-        progress: description of a tqdm progress bar (shown only on a
-            terminal, removed when done); ``None``: no bar.
+        progress: name of the phase whose progress is shown on stderr
+            (:func:`eval.progress.phase`), e.g. ``"train features"``; ``None``:
+            nothing shown.
 
     Returns:
         ``float32`` ``(N, D)`` CPU tensor.

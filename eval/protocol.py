@@ -29,10 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from eval.base import Evaluator
 from eval.linear import LinearProbe
+from eval.progress import phase
 from ssl_bench.core.subsets import balanced_subset_indices
 from ssl_bench.core.errors import OptionError
 
@@ -133,39 +133,44 @@ class Protocol:
                 :attr:`layer_probe` is set.
             stage_names: one name per stage.
 
+        Each fit is a phase whose progress is shown on stderr (:func:`eval.progress.phase`).
+
         Returns:
             The :class:`Evaluation`.
         """
         per_layer = self.layer_probe is not None and train_stages is not None
-        bar = tqdm(total=len(self.evaluators) * (1 + len(self.lowshot))
-                   + (len(stage_names) if per_layer else 0),
-                   desc="evaluators", unit="fit", dynamic_ncols=True, disable=None)
         metrics: dict[str, float] = {}
         all_labels = {}
         for name, evaluator in self.evaluators.items():
-            all_labels[name] = evaluator.evaluate(train_x, train_y, test_x, test_y,
-                                                  num_classes, seed=seed)
+            with phase(f"{name}, all labels"):
+                all_labels[name] = evaluator.evaluate(train_x, train_y, test_x, test_y,
+                                                      num_classes, seed=seed)
             metrics.update(all_labels[name])
-            bar.update(1)
         for key, size in self.lowshot.items():
             idx = balanced_subset_indices(train_y, size, seed=0, option=f"--lowshot {key}")
             for name, evaluator in self.evaluators.items():
                 # every labelled image, in the same order (idx is sorted): nothing to refit
-                scores = all_labels[name] if len(idx) == len(train_y) else evaluator.evaluate(
-                    train_x[idx], train_y[idx], test_x, test_y, num_classes, seed=seed)
+                if len(idx) == len(train_y):
+                    scores = all_labels[name]
+                else:
+                    with phase(f"{name}, {key.replace('pct', '%')} labels"):
+                        scores = evaluator.evaluate(train_x[idx], train_y[idx], test_x, test_y,
+                                                    num_classes, seed=seed)
                 metrics.update({f"{metric}_{key}": value for metric, value in scores.items()})
-                bar.update(1)
         layers: list[dict] = []
         best = None
         if per_layer:
-            for depth, (name, tr, te) in enumerate(zip(stage_names, train_stages, test_stages), 1):
-                scores = self.layer_probe.evaluate(tr, train_y, te, test_y, num_classes, seed=seed)
-                layers.append({"name": name, "depth": depth, "dims": int(tr.shape[1]), **scores})
-                bar.update(1)
+            with phase("linear probe per layer", len(stage_names), "layers") as counter:
+                for depth, (name, tr, te) in enumerate(zip(stage_names, train_stages,
+                                                           test_stages), 1):
+                    scores = self.layer_probe.evaluate(tr, train_y, te, test_y, num_classes,
+                                                       seed=seed)
+                    layers.append({"name": name, "depth": depth, "dims": int(tr.shape[1]),
+                                   **scores})
+                    counter.update(1)
             # chosen on validation top-1 (ties: the shallower layer), reported on test
             chosen = max(layers, key=lambda r: (r["linear_val_top1"], -r["depth"]))
             best = chosen["name"]
             metrics["layer_best_linear_top1"] = chosen["linear_top1"]
             metrics["layer_last_linear_top1"] = layers[-1]["linear_top1"]
-        bar.close()
         return Evaluation(metrics, layers, best)

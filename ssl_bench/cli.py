@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ssl_bench.config import RunConfig
+from ssl_bench.config import RunConfig, run_name
 from ssl_bench.core.errors import Interrupted, OptionError, SslBenchError
 
 CACHE_HELP = ("Decoded images and downloads are cached in $SSL_BENCH_CACHE (default "
@@ -202,7 +203,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                      init_from=str(Path(args.init_from).resolve()) if args.init_from else None)
     results = run_experiment(config)
     if distributed.is_main():
-        _print_results(results)
+        _print_results(results, Path(config.out) / run_name(config))
     return 0
 
 
@@ -288,18 +289,13 @@ def _export(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def _print_results(results: dict) -> None:
-    trained = (f"{results['epochs']} epochs, {results['images_seen']} images seen"
-               if results["epochs"] else "untrained reference")
-    print(f"\n{results['task']} / {results['backbone']} / {results['dataset']} "
-          f"(seed {results['seed']}, {trained})")
-    for section in ("pretext", "metrics"):
-        for key, value in results[section].items():
-            print(f"  {key:24s} {value:10.4g}" if isinstance(value, float) else
-                  f"  {key:24s} {value}")
-    cost = results["cost"]
-    print(f"  train: {cost['train_seconds']:.1f} s at {cost['train_images_per_s']:.0f} images/s; "
-          f"backbone parameters {cost['backbone_params']:,}")
+def _print_results(results: dict, run_dir: Path) -> None:
+    """The end of ``ssl-bench run`` on stdout: the headline scores against step 0,
+    the pretext score against chance, the cost, the run folder, the next commands
+    (:func:`ssl_bench.summary.run_summary`); every metric stays in results.json."""
+    from ssl_bench.summary import run_summary
+
+    print(run_summary(results, run_dir))
 
 
 def _show(value) -> str:
@@ -412,14 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args, argv)
     except SslBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 2
+        return _fail(str(exc), 130 if isinstance(exc, Interrupted) else 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a file the checks could not foresee (disk full, permissions)
-        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return _fail(f"{exc.filename or 'a file'}: {exc.strerror or exc}", 2)
+
+
+def _fail(message: str, status: int) -> int:
+    """Print ``error: <message>`` on stderr and return ``status``; under torchrun, one
+    line for all ranks (:func:`ssl_bench.distributed.report_failure`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from ssl_bench.distributed import report_failure
+
+        return report_failure(message, status)
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
+import signal
+import sys
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, TypeVar
 
@@ -35,6 +38,10 @@ from ssl_bench.core.errors import OptionError, SslBenchError
 T = TypeVar("T")
 # Ranks other than 0 wait this long at a barrier while rank 0 evaluates and writes.
 TIMEOUT = dt.timedelta(hours=6)
+#: Seconds a rank other than 0 waits, after an error, for rank 0 to report it (see
+#: :func:`report_failure`): rank 0 meets a refused input within about a second of
+#: the others, as every rank checks the same command line and files.
+PEER_WAIT_S = 5.0
 _groups: dict[str, object] = {}
 
 
@@ -234,3 +241,26 @@ def on_main(work: Callable[[], T], module: nn.Module | None = None) -> T | None:
         raise SslBenchError("rank 0 failed (its error is above); this rank stops too")
     return result
 
+
+def report_failure(message: str, status: int) -> int:
+    """Report an error that ends this process as one ``error: <message>`` line on
+    stderr for the whole run, and return ``status``, the exit status to end with.
+
+    Every rank checks the same command line and files, so a refused input fails on
+    every rank. Rank 0 prints the line. Another rank prints nothing and waits up to
+    :data:`PEER_WAIT_S` seconds: once rank 0 has exited, torchrun sends the others
+    SIGTERM, on which this rank ends at once with ``status`` (torchrun then reports
+    ``status`` for every rank, not a kill). A rank still waiting after that failed on
+    its own; it prints its line, naming its rank. An interruption (status 130) was
+    agreed by every rank (:class:`~ssl_bench.train.Trainer` stops them together), so
+    the other ranks return at once.
+    """
+    if rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+        return status
+    if status != 130:
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(status))
+        time.sleep(PEER_WAIT_S)
+        print(f"error: rank {rank()}: {message}", file=sys.stderr)
+    return status

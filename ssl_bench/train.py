@@ -38,6 +38,7 @@ from ssl_bench.core.images import random_hflip, to_float
 from ssl_bench.core.precision import autocast
 from ssl_bench.core.rundir import (CHECKPOINT, METRICS, append_jsonl, atomic_torch_save,
                                    atomic_write_text)
+from ssl_bench.summary import per_second
 from tasks.base import OptimConfig, PretextTask
 
 
@@ -311,7 +312,7 @@ class Trainer:
                             rate = window_images / max(now - window_start, 1e-9)
                             window_start, window_images = now, 0
                             self._log(values, rate)
-                            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+                            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=per_second(rate))
                         self.train_seconds += time.perf_counter() - t0
                         bar.update(1)
                         if distributed.any_rank(stop.requested):  # all ranks stop together
@@ -326,7 +327,7 @@ class Trainer:
                     if distributed.is_main():
                         rate = self.images_seen / max(self.train_seconds, 1e-9)
                         tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: "
-                                   f"loss {values['loss']:.4f}, {rate:.0f} images/s",
+                                   f"loss {values['loss']:.4f}, {per_second(rate)} images/s",
                                    file=sys.stderr)
             finally:
                 bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -205,4 +206,19 @@ def test_batch_not_divisible_by_the_world_size_is_refused(tmp_path, cache):
                        "--out", str(tmp_path / "out"))
     assert child.returncode == 2
     assert "--batch-size 33" in child.stderr and "divisible by 2" in child.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--batch-size", "33"], "--batch-size 33 is the global batch of 2 processes"),
+    (["--batch-size", "32", "--sync-bn"], "--sync-bn needs CUDA devices"),
+])
+def test_a_refusal_under_torchrun_is_one_line_and_status_2_on_every_rank(tmp_path, cache, extra,
+                                                                         expected):
+    child = torchrun(cache, *RUN[:RUN.index("--batch-size")], *extra, "--out", str(tmp_path / "out"))
+    errors = [line for line in child.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], child.stderr[-3000:]
+    # torchrun's own report: both ranks exited 2 themselves, none was killed
+    assert re.findall(r"^\s+exitcode\s+: (-?\d+)", child.stderr, re.M) == ["2", "2"], child.stderr
+    assert child.stderr.count("Traceback") == 1  # torchrun's ChildFailedError, no rank's
     assert not (tmp_path / "out").exists()
