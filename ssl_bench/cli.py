@@ -392,6 +392,11 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.tuned:
         raise OptionError("ssl-bench tune writes a tuned file; it does not read --tuned")
+    # the grid sets both for every point: a value given here would be dropped unseen
+    if args.task_options or args.lr_scale != _default("lr_scale"):
+        raise OptionError(f"{'--set' if args.task_options else '--lr-scale'}: ssl-bench tune "
+                          "chooses the learning-rate scale and the task's knob itself, from "
+                          "the task's defaults; drop it")
     _check_settings(args, args.datasets)
     _check_output_file(args.output)
     if Path(args.output).is_file():  # it is updated after the runs: refuse a broken one now

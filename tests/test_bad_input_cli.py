@@ -186,6 +186,15 @@ def test_tune_checks_its_output_before_the_first_run(capsys, tmp_path, no_runs, 
                      str(path)], tmp_path, expected.format(path=path, tmp=tmp_path))
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--set", "sigma=0.1"], "--set: ssl-bench tune chooses"),
+    (["--lr-scale", "2"], "--lr-scale: ssl-bench tune chooses"),
+])
+def test_tune_refuses_settings_its_grid_would_drop(capsys, tmp_path, no_runs, extra, expected):
+    refused(capsys, ["tune", "--tasks", "denoising", *extra, "--out", str(tmp_path / "runs"),
+                     "-o", str(tmp_path / "tuned.yaml")], tmp_path, expected)
+
+
 def test_tune_refuses_an_output_folder_without_write_permission(capsys, tmp_path, no_runs,
                                                                 monkeypatch):
     # as root every folder is writable, so the permission answer is simulated
