@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ssl_bench.config import RunConfig, run_name
+from ssl_bench.config import MAX_SEED, RunConfig, run_name
+from ssl_bench.core.precision import PRECISIONS
 from ssl_bench.core.errors import Interrupted, OptionError, SslBenchError
 
 CACHE_HELP = ("Decoded images and downloads are cached in $SSL_BENCH_CACHE (default "
@@ -35,108 +37,200 @@ def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are the project's one-line ``error:`` (exit 2)."""
+
+    def error(self, message: str):
+        raise OptionError(message)
+
+
+def _shown(value) -> str:
+    """A default as a user types it: ``1 10`` for ``[1.0, 10.0]``, ``none`` for None."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(_shown, value)) or "none"
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _dflt(setting: str) -> str:
+    """``(default: …)`` of a :class:`RunConfig` setting."""
+    return f"(default: {_shown(_default(setting))})"
+
+
+def _seed(text: str) -> int:
+    """``--seed``/``--seeds``: an integer from 0 to :data:`MAX_SEED`."""
+    if not (text.isdigit() and int(text) <= MAX_SEED):
+        raise argparse.ArgumentTypeError(
+            f"give an integer from 0 to {MAX_SEED} (2**28 − 1: each step's seed must fit "
+            f"torch's 64-bit generator), got {text!r}")
+    return int(text)
+
+
+def _device(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (choices cannot express N)."""
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice {text!r}; choose auto, cpu, cuda or "
+                                     "cuda:N (N: a GPU index)")
+
+
+def _percent(text: str) -> float | None:
+    """A ``--lowshot`` value: a percentage, or ``none`` (None: low-shot off)."""
+    if text == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give percentages in (0, 100] or none, got "
+                                         f"{text!r}") from None
+
+
+def _groups(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The option groups of ``run``, ``sweep`` and ``tune``, in the order --help shows."""
+    return {title: p.add_argument_group(title, description) for title, description in (
+        ("data", None), ("task", None), ("training", None),
+        ("evaluation", "frozen features of the trained backbone, scored on the test split"),
+        ("output", None),
+        ("distributed", "launch with torchrun --nproc-per-node N ssl-bench …; --batch-size "
+                        "is then the global batch, split over the N processes"))}
+
+
 def _add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="pretrain a backbone with a pretext task and evaluate it",
                        description="Pretrain a backbone with a pretext task, then score its frozen "
                                    "features with k-NN and a linear probe; writes a run directory.")
-    p.add_argument("--task", required=True, help="pretext task (see `ssl-bench list`)")
-    p.add_argument("--backbone", default=_default("backbone"),
-                   help="convnet | resnet18 | vit_tiny | timm:<name> (default: %(default)s)")
-    p.add_argument("--dataset", default=_default("dataset"),
-                   help="digits (embedded, offline) | mnist | fashion-mnist | cifar10 | cifar100 | "
-                        "svhn | stl10 | imagefolder:<path> (default: %(default)s). "
-                        + CACHE_HELP)
-    p.add_argument("--seed", type=int, default=_default("seed"))
-    p.add_argument("--name", help="run directory name (default: <task>-<backbone>-<dataset>-s<seed>"
-                                  "[-<hash of non-default settings>])")
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    g = _groups(p)
+    g["data"].add_argument(
+        "--dataset", default=_default("dataset"),
+        help="digits (embedded, offline) | mnist | fashion-mnist | cifar10 | cifar100 | svhn | "
+             f"stl10 | imagefolder:<path> {_dflt('dataset')}. " + CACHE_HELP)
+    g["task"].add_argument("--task", required=True, help="pretext task (see `ssl-bench list`)")
+    g["task"].add_argument("--backbone", default=_default("backbone"),
+                           help=f"convnet | resnet18 | vit_tiny | timm:<name> {_dflt('backbone')}")
+    g["task"].add_argument("--init-from", metavar="RUN_DIR",
+                           help="start from the evaluated backbone of this finished run (same "
+                                "--backbone and channels; recorded in config.yaml and the run "
+                                "name) (default: a fresh initialisation)")
+    g["training"].add_argument("--seed", type=_seed, default=_default("seed"),
+                               help="integer from 0 to 2**28 − 1 seeding weights, batch order, "
+                                    f"corruptions and --train-subset {_dflt('seed')}")
+    g["output"].add_argument("--name", help="run directory name (default: <task>-<backbone>-"
+                                            "<dataset>-s<seed>[-<hash of non-default settings>])")
+    resume = g["output"].add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint (default: refuse an existing "
+                             "run directory)")
     resume.add_argument("--overwrite", action="store_true", help="delete an existing run directory")
-    p.add_argument("--init-from", metavar="RUN_DIR",
-                   help="start from the evaluated backbone of this finished run (same --backbone "
-                        "and channels; recorded in config.yaml and the run name)")
-    _add_settings(p)
+    _add_settings(g)
 
 
-def _add_settings(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``run`` and ``sweep``: data, budget, optimizer, evaluation."""
-    p.add_argument("--data-root", help="folder with an existing copy of the dataset")
-    p.add_argument("--eval-dataset",
-                   help="labelled dataset whose train/test splits the evaluators use (resized "
-                        "to the pretraining size); --dataset then gives the pretraining images "
-                        "only, e.g. an unlabeled folder (default: --dataset's own labels)")
-    p.add_argument("--eval-data-root", help="folder with an existing copy of --eval-dataset")
-    p.add_argument("--image-size", type=int, help="resize images to this side in pixels")
-    p.add_argument("--epochs", type=int, default=_default("epochs"),
-                   help="pretraining epochs (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=_default("batch_size"),
-                   help="pretraining batch (default: %(default)s)")
-    p.add_argument("--train-subset", type=int,
-                   help="pretrain on a fixed, seeded subset of N train images")
-    p.add_argument("--eval-train-subset", type=int,
-                   help="evaluators use a fixed class-balanced subset of N labelled train "
-                        "images (the same for every run; default: all)")
-    p.add_argument("--test-subset", type=int,
-                   help="score on a fixed class-balanced subset of N test images "
-                        "(the same for every run; default: the whole test split)")
-    p.add_argument("--lowshot", type=float, nargs="*", default=_default("lowshot"),
-                   metavar="PERCENT",
-                   help="low-shot evaluation with these percentages of the train split's labels "
-                        "(default: %(default)s; none: off)")
-    p.add_argument("--no-layer-probes", action="store_true",
-                   help="skip the linear probe of every backbone stage")
-    p.add_argument("--layer-dims", type=int, default=_default("layer_dims"),
-                   help="pool each stage to at most this many features for its probe "
-                        "(default: %(default)s)")
-    p.add_argument("--no-step0", action="store_true",
-                   help="skip the step-0 reference: the same evaluation before the first "
-                        "optimizer step, for each row's gain over its own initialisation")
-    p.add_argument("--bn-recalibrate", action="store_true",
-                   help="re-estimate BatchNorm statistics on clean, full-size train images "
-                        "(no labels, no gradients) before extracting features")
-    p.add_argument("--out", default=_default("out"),
-                   help="parent folder of run directories (default: %(default)s)")
-    p.add_argument("--device", default=_default("device"),
-                   help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--precision", default=_default("precision"),
-                   help="auto | fp32 | bf16: bf16 autocast for pretraining and feature "
-                        "extraction; auto picks bf16 where the device computes it natively "
-                        "(CUDA, CPUs with AVX512-BF16 or AMX) (default: %(default)s)")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the task's modules with torch.compile (slow first steps)")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: BatchNorm statistics over the global batch "
-                        "(SyncBatchNorm, GPUs only) instead of each process's shard")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", dest="task_options",
-                   help="override a task hyperparameter (repeatable; `ssl-bench list` shows them)")
-    p.add_argument("--backbone-opt", action="append", metavar="KEY=VALUE",
-                   help="backbone option, e.g. width=64 for convnet, global_pool=avg for ViTs")
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"],
-                   help="override the task's optimizer")
-    p.add_argument("--lr", type=float, help="peak learning rate (other optimizers of the task "
-                                            "keep their ratio to it)")
-    p.add_argument("--lr-scale", type=float, default=_default("lr_scale"),
-                   help="multiply every learning rate of the task (default: %(default)s)")
-    p.add_argument("--tuned", metavar="FILE",
-                   help="take each task's learning-rate scale and knob setting from this "
-                        "`ssl-bench tune` file (explicit --set options win)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--evaluators", nargs="+", default=_default("evaluators"),
-                   help="evaluators on frozen features (default: %(default)s)")
-    p.add_argument("--eval-batch-size", type=int, default=_default("eval_batch_size"))
-    p.add_argument("--pretext-eval-images", type=int, default=_default("pretext_eval_images"),
-                   help="size of the fixed, seeded test subset for held-out pretext "
-                        "metrics (default: %(default)s)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download; fail if the dataset is not under --data-root")
+def _add_settings(g: dict[str, argparse._ArgumentGroup]) -> None:
+    """Options shared by ``run``, ``sweep`` and ``tune``, into their :func:`_groups`."""
+    data, task, train, ev, out = (g[k] for k in ("data", "task", "training", "evaluation",
+                                                 "output"))
+    data.add_argument("--data-root", help="folder with an existing copy of the dataset "
+                                          "(default: the cache; digits and imagefolder: "
+                                          "read no --data-root)")
+    data.add_argument("--eval-dataset",
+                      help="labelled dataset whose train/test splits the evaluators use (resized "
+                           "to the pretraining size); --dataset then gives the pretraining images "
+                           "only, e.g. an unlabeled folder (default: --dataset's own labels)")
+    data.add_argument("--eval-data-root", help="folder with an existing copy of --eval-dataset "
+                                               "(default: the cache)")
+    data.add_argument("--image-size", type=int, metavar="PX",
+                      help="resize images to this side in pixels, at least 8 (default: the "
+                           "dataset's own side; imagefolder: 64)")
+    data.add_argument("--train-subset", type=int, metavar="N",
+                      help="pretrain on a fixed, seeded subset of N train images (default: all)")
+    data.add_argument("--no-download", action="store_true",
+                      help="never download; fail if the dataset is not under --data-root "
+                           "(default: download a missing torchvision dataset)")
+    task.add_argument("--set", action="append", metavar="KEY=VALUE", dest="task_options",
+                      help="override a task hyperparameter (repeatable; `ssl-bench list` shows "
+                           "them and their defaults)")
+    task.add_argument("--backbone-opt", action="append", metavar="KEY=VALUE",
+                      help="backbone option, e.g. width=64 for convnet, global_pool=avg for ViTs "
+                           "(repeatable; default: the backbone's)")
+    task.add_argument("--tuned", metavar="FILE",
+                      help="take each task's learning-rate scale and knob setting from this "
+                           "`ssl-bench tune` file (explicit --set options win) (default: the "
+                           "task's own)")
+    train.add_argument("--epochs", type=int, default=_default("epochs"),
+                       help=f"passes over the pretraining images {_dflt('epochs')}")
+    train.add_argument("--batch-size", type=int, default=_default("batch_size"),
+                       help=f"pretraining images per optimizer step {_dflt('batch_size')}")
+    train.add_argument("--optimizer", choices=["adamw", "adam", "sgd"],
+                       help="override the task's optimizer (default: the task's)")
+    train.add_argument("--lr", type=float,
+                       help="peak learning rate per step, after warm-up; other optimizers of the "
+                            "task keep their ratio to it (default: the task's, recorded in "
+                            "config.yaml)")
+    train.add_argument("--lr-scale", type=float, default=_default("lr_scale"),
+                       help=f"multiply every learning rate of the task {_dflt('lr_scale')}")
+    train.add_argument("--weight-decay", type=float,
+                       help="weight decay of every optimizer: decoupled for adamw, L2 for adam "
+                            "and sgd (default: the task's)")
+    train.add_argument("--warmup-epochs", type=float,
+                       help="linear learning-rate warm-up in epochs, fractions allowed, then a "
+                            "cosine decay to 0 (default: the task's, recorded in config.yaml)")
+    train.add_argument("--device", type=_device, default=_default("device"),
+                       metavar="{auto,cpu,cuda,cuda:N}",
+                       help=f"auto: cuda when available, else cpu {_dflt('device')}")
+    train.add_argument("--precision", choices=PRECISIONS, default=_default("precision"),
+                       help="bf16 autocast for pretraining and feature extraction; auto picks "
+                            "bf16 where the device computes it natively (CUDA, CPUs with "
+                            f"AVX512-BF16 or AMX) {_dflt('precision')}")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the task's modules with torch.compile (slow first steps) "
+                            "(default: eager)")
+    ev.add_argument("--evaluators", nargs="+", default=_default("evaluators"),
+                    help=f"evaluators on frozen features {_dflt('evaluators')}")
+    ev.add_argument("--eval-train-subset", type=int, metavar="N",
+                    help="evaluators use a fixed class-balanced subset of N labelled train "
+                         "images (the same for every run; default: all)")
+    ev.add_argument("--test-subset", type=int, metavar="N",
+                    help="score on a fixed class-balanced subset of N test images "
+                         "(the same for every run; default: the whole test split)")
+    ev.add_argument("--lowshot", type=_percent, nargs="*", default=_default("lowshot"),
+                    metavar="PERCENT",
+                    help="low-shot evaluation with these percentages of the train split's "
+                         f"labels; none or no value: off {_dflt('lowshot')}")
+    ev.add_argument("--no-layer-probes", action="store_true",
+                    help="skip the linear probe of every backbone stage (default: probe them)")
+    ev.add_argument("--layer-dims", type=int, default=_default("layer_dims"), metavar="N",
+                    help="pool each stage to at most N features for its probe "
+                         f"{_dflt('layer_dims')}")
+    ev.add_argument("--no-step0", action="store_true",
+                    help="skip the step-0 reference: the same evaluation before the first "
+                         "optimizer step, for each row's gain over its own initialisation "
+                         "(default: evaluate it)")
+    ev.add_argument("--bn-recalibrate", action="store_true",
+                    help="re-estimate BatchNorm statistics on clean, full-size train images "
+                         "(no labels, no gradients) before extracting features (default: off)")
+    ev.add_argument("--eval-batch-size", type=int, default=_default("eval_batch_size"),
+                    metavar="N", help="images per feature-extraction batch: memory and speed, "
+                                      "not a setting the run name records "
+                                      f"{_dflt('eval_batch_size')}")
+    ev.add_argument("--pretext-eval-images", type=int, default=_default("pretext_eval_images"),
+                    metavar="N", help="size of the fixed, seeded test subset for held-out "
+                                      f"pretext metrics {_dflt('pretext_eval_images')}")
+    out.add_argument("--out", default=_default("out"),
+                     help=f"parent folder of run directories {_dflt('out')}")
+    g["distributed"].add_argument(
+        "--sync-bn", action="store_true",
+        help="BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only) instead of "
+             "each process's shard; in a single process it changes nothing and is recorded "
+             "as off (default: off)")
 
 
-def _add_grid(p: argparse.ArgumentParser, tasks_help: str) -> None:
+def _add_grid(g: dict[str, argparse._ArgumentGroup], tasks_help: str) -> None:
     """The grid options that ``sweep`` and ``tune`` share."""
-    p.add_argument("--tasks", nargs="+", required=True, help=tasks_help)
-    p.add_argument("--backbones", nargs="+", default=[_default("backbone")])
-    p.add_argument("--datasets", nargs="+", default=[_default("dataset")])
+    g["data"].add_argument("--datasets", nargs="+", default=[_default("dataset")],
+                           help=f"datasets, as --dataset of run {_dflt('dataset')}")
+    g["task"].add_argument("--tasks", nargs="+", required=True, help=tasks_help)
+    g["task"].add_argument("--backbones", nargs="+", default=[_default("backbone")],
+                           help=f"backbones, as --backbone of run {_dflt('backbone')}")
 
 
 def _add_tune_parser(sub) -> None:
@@ -147,23 +241,68 @@ def _add_tune_parser(sub) -> None:
                     "linear probe's validation top-1 on a split of the labelled train "
                     "images, never on test. Writes the choices to a YAML file that run and "
                     "sweep read with --tuned.")
-    _add_grid(p, "pretext tasks to tune (references are skipped)")
-    p.add_argument("--seed", type=int, default=_default("seed"))
-    p.add_argument("-o", "--output", default="results/tuned.yaml",
-                   help="tuned file to write or update (default: %(default)s)")
-    _add_settings(p)
+    g = _groups(p)
+    _add_grid(g, "pretext tasks to tune (references are skipped)")
+    g["training"].add_argument("--seed", type=_seed, default=_default("seed"),
+                               help=f"integer from 0 to 2**28 − 1 {_dflt('seed')}")
+    g["output"].add_argument("-o", "--output", default="results/tuned.yaml",
+                             help="tuned file to write or update (default: %(default)s)")
+    _add_settings(g)
 
 
 def _add_sweep_parser(sub) -> None:
     p = sub.add_parser(
         "sweep", help="run a grid of tasks × backbones × datasets × seeds",
         description="Run every (dataset, backbone, task, seed) of the grid with the same settings. "
+                    "The whole grid's input is checked before the first run. "
                     "Finished runs are skipped, interrupted ones resumed from their checkpoint, "
                     "task/backbone pairs that cannot work together are reported and skipped, "
                     "and a failed run does not stop the sweep; a summary ends it.")
-    _add_grid(p, "pretext tasks (and references)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    _add_settings(p)
+    g = _groups(p)
+    _add_grid(g, "pretext tasks (and references)")
+    g["training"].add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2],
+                               help="integers from 0 to 2**28 − 1 (default: 0 1 2)")
+    _add_settings(g)
+
+
+# Datasets that read no --data-root: digits is embedded in scikit-learn, an
+# imagefolder: names its own path.
+def _reads_no_root(dataset: str) -> bool:
+    return dataset == "digits" or dataset.startswith("imagefolder:")
+
+
+def _check_settings(args: argparse.Namespace, datasets: list[str]) -> None:
+    """Refuse settings that nothing would read, and settle the ones whose effect
+    depends on the launch (``--lowshot none``, ``--sync-bn`` in one process), once
+    for a whole command.
+
+    Raises:
+        OptionError: ``--data-root`` that no dataset of the command reads,
+            ``--eval-data-root`` without an ``--eval-dataset`` that reads it,
+            ``--lowshot none`` beside percentages.
+    """
+    from ssl_bench import distributed
+
+    if args.data_root and all(map(_reads_no_root, datasets)):
+        raise OptionError(f"--data-root {args.data_root}: --dataset {' '.join(datasets)} reads "
+                          "no --data-root (digits is embedded, imagefolder:<path> names its "
+                          "own folder); drop it")
+    if args.eval_data_root and not args.eval_dataset:
+        raise OptionError(f"--eval-data-root {args.eval_data_root} is the folder of "
+                          "--eval-dataset, which is not given; give --eval-dataset or drop it")
+    if args.eval_data_root and _reads_no_root(args.eval_dataset):
+        raise OptionError(f"--eval-data-root {args.eval_data_root}: --eval-dataset "
+                          f"{args.eval_dataset} reads no folder; drop it")
+    if None in args.lowshot:
+        if len(args.lowshot) > 1:
+            raise OptionError("--lowshot none turns low-shot evaluation off; give it alone "
+                              "or give percentages")
+        args.lowshot = []
+    if args.sync_bn and distributed.world_size() == 1:
+        # one process already has the whole batch: record what runs, plain BatchNorm
+        print("warning: --sync-bn changes nothing in a single process; recorded as off",
+              file=sys.stderr)
+        args.sync_bn = False
 
 
 def _config(args: argparse.Namespace, command: str, **names) -> "RunConfig":
@@ -197,6 +336,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from ssl_bench import distributed
     from ssl_bench.runner import run_experiment
 
+    _check_settings(args, [args.dataset])
     config = _config(args, " ".join(["ssl-bench", *map(shlex.quote, argv)]),
                      task=args.task, backbone=args.backbone, dataset=args.dataset,
                      seed=args.seed, name=args.name, resume=args.resume, overwrite=args.overwrite,
@@ -208,13 +348,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
-    from ssl_bench.sweep import Sweep
+    from ssl_bench.sweep import Sweep, check_grid
 
+    _check_settings(args, args.datasets)
     command = " ".join(["ssl-bench", *map(shlex.quote, argv)])
     # seeds outermost: a sweep cut short still covers every task with its first seeds
     grid = [_config(args, command, task=task, backbone=backbone, dataset=dataset, seed=seed)
             for seed in args.seeds for dataset in args.datasets
             for backbone in args.backbones for task in args.tasks]
+    check_grid(grid)  # a bad name or option is refused before the first run, not per run
     outcome = Sweep(grid).run()
     return 0 if not outcome.failed else 1
 
@@ -229,13 +371,36 @@ def _writing(path: str) -> Iterator[None]:
         raise OptionError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
 
 
+def _check_output_file(path: str) -> None:
+    """Refuse an ``-o`` file that cannot be written: a folder, a path through a file,
+    or a folder this user may not write to (it is replaced atomically, so its folder
+    must be writable)."""
+    target = Path(path)
+    existing = next(p for p in (*target.parents, Path(".")) if p.exists())
+    if target.is_dir():
+        raise OptionError(f"-o {path} is a folder; give a file name")
+    if not existing.is_dir():
+        raise OptionError(f"-o {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"-o {path}: no permission to write in {existing}")
+
+
 def _tune(args: argparse.Namespace, argv: list[str]) -> int:
     from ssl_bench.datasets import load_dataset
-    from ssl_bench.sweep import Sweep
-    from ssl_bench.tune import choose, grid, is_tuned, tuning_key, write_tuned
+    from ssl_bench.sweep import Sweep, check_grid
+    from ssl_bench.tune import choose, grid, is_tuned, load_tuned, tuning_key, write_tuned
 
     if args.tuned:
         raise OptionError("ssl-bench tune writes a tuned file; it does not read --tuned")
+    # the grid sets both for every point: a value given here would be dropped unseen
+    if args.task_options or args.lr_scale != _default("lr_scale"):
+        raise OptionError(f"{'--set' if args.task_options else '--lr-scale'}: ssl-bench tune "
+                          "chooses the learning-rate scale and the task's knob itself, from "
+                          "the task's defaults; drop it")
+    _check_settings(args, args.datasets)
+    _check_output_file(args.output)
+    if Path(args.output).is_file():  # it is updated after the runs: refuse a broken one now
+        load_tuned(args.output, option="-o")
     command = " ".join(["ssl-bench", *map(shlex.quote, argv)])
     tuned = [t for t in args.tasks if is_tuned(t)]
     skipped = sorted(set(args.tasks) - set(tuned))
@@ -250,7 +415,9 @@ def _tune(args: argparse.Namespace, argv: list[str]) -> int:
                 base = _config(args, command, task=task, backbone=backbone, dataset=dataset,
                                seed=args.seed)
                 grids[(dataset, backbone, task)] = grid(base, channels)
-    outcome = Sweep([c for configs in grids.values() for c in configs]).run()
+    configs = [c for configs in grids.values() for c in configs]
+    check_grid(configs)
+    outcome = Sweep(configs).run()
     entries: dict = {}
     for (dataset, backbone, task), configs in grids.items():
         entries.setdefault(tuning_key(dataset, backbone), {})[task] = choose(configs)
@@ -355,11 +522,23 @@ def _report(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ssl-bench")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``ssl-bench`` parser; usage errors raise :class:`OptionError` (one line,
+    exit 2) instead of printing the usage."""
+    parser = _Parser(
         prog="ssl-bench", description="Benchmark self-supervised pretext tasks: pretrain, "
                                       "evaluate frozen features, compare on a leaderboard.",
         epilog=CACHE_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_sweep_parser(sub)
@@ -401,11 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ssl-bench`` console script; returns the exit status
     (0 success, 2 bad input or failed run, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
     handlers = {"run": _run, "sweep": _sweep, "tune": _tune, "list": _list,
                 "leaderboard": _leaderboard, "report": _report, "evaluate": _evaluate,
                 "export": _export}
     try:
+        args = build_parser().parse_args(argv)
         return handlers[args.command](args, argv)
     except SslBenchError as exc:
         return _fail(str(exc), 130 if isinstance(exc, Interrupted) else 2)

@@ -28,6 +28,10 @@ ADDED_LATER = {"init_from": None, "eval_dataset": None}
 _NAMED = {"task", "backbone", "dataset", "seed"}
 # A run name is one path component inside --out: never '.', '..', a separator or hidden.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# The largest seed: each step's seed, (seed · 1,000,003 + step) · 65,537 + rank
+# (ssl_bench.distributed.step_seed), must fit torch's unsigned 64-bit generator seed;
+# 2**28 − 1 leaves room for 10**13 steps.
+MAX_SEED = 2**28 - 1
 
 
 @dataclass
@@ -56,7 +60,8 @@ class RunConfig:
             reference, from the same initialisation), for the gain over it.
         bn_recalibrate: re-estimate BatchNorm statistics on clean, full-size train
             images before feature extraction (see :mod:`ssl_bench.evaluate`).
-        seed: seeds weights, batch order, corruptions and the subset.
+        seed: seeds weights, batch order, corruptions and the subset; 0 to
+            :data:`MAX_SEED`.
         out: parent folder of run directories.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``auto``, ``fp32`` or ``bf16`` for pretraining and feature
@@ -132,6 +137,10 @@ class RunConfig:
                                    ("--layer-dims", self.layer_dims, 1)):
             if value < low:
                 raise OptionError(f"{option} must be at least {low}, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise OptionError(f"--seed must be an integer from 0 to {MAX_SEED:,} (2**28 − 1: "
+                              f"each step's seed must fit torch's 64-bit generator), got "
+                              f"{self.seed}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise OptionError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.precision not in PRECISIONS:

@@ -4,6 +4,7 @@ surviving failures, so one command can be re-issued until the grid is done."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -46,6 +47,49 @@ class SweepOutcome:
         lines += [f"  incompatible {name}: {why}" for name, why in self.incompatible]
         lines += [f"  FAILED {name}: {why}" for name, why in self.failed]
         return "\n".join(lines)
+
+
+def check_grid(configs: list[RunConfig]) -> None:
+    """Refuse, before the first run, a grid with input that would fail every run it
+    touches: an ``--out`` that cannot hold runs, an unknown evaluator, task, backbone
+    or dataset, data that cannot be loaded or paired, a task or backbone option
+    outside its range (also at the data's image size). Each dataset is loaded once and
+    each distinct task built once on it, on the CPU, as the run will build it; pairs
+    that cannot work together pass (the sweep reports them as incompatible).
+
+    Raises:
+        SslBenchError: the first bad input, naming its option.
+    """
+    from ssl_bench.build import build_task
+    from ssl_bench.core.registry import EVALUATORS
+    from ssl_bench.datasets import load_dataset
+    from ssl_bench.datasets.pairing import with_eval_data
+    from ssl_bench.runner import _check_out
+
+    specs, built = {}, set()
+    for config in configs:
+        _check_out(config.out)
+        for name in config.evaluators:
+            EVALUATORS.get(name)
+        data_key = (config.dataset, config.data_root, config.image_size, config.eval_dataset,
+                    config.eval_data_root)
+        if data_key not in specs:
+            data = load_dataset(config.dataset, config.data_root, config.image_size,
+                                download=config.download, need_labels=config.eval_dataset is None)
+            labelled = None if config.eval_dataset is None else load_dataset(
+                config.eval_dataset, config.eval_data_root, data.image_size,
+                download=config.download, option="--eval-dataset")
+            specs[data_key] = with_eval_data(data, labelled, config.dataset,
+                                             config.eval_dataset).spec()
+        task_key = json.dumps([data_key, config.task, config.backbone, config.task_options,
+                               config.backbone_options], sort_keys=True, default=str)
+        if task_key not in built:
+            built.add(task_key)
+            try:
+                build_task(config.task, config.backbone, specs[data_key], config.task_options,
+                           config.backbone_options)
+            except IncompatibleError:
+                pass
 
 
 class Sweep:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def write_tuned(path: str | Path, entries: dict[str, dict[str, Any]], budget: di
     :func:`tuning_key` → task → :func:`choose` output; ``budget`` and ``command``
     are recorded beside each entry."""
     path = Path(path)
-    data = load_tuned(path) if path.exists() else {}
+    data = load_tuned(path, option="-o") if path.exists() else {}
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for key, tasks in entries.items():
         entry = data.setdefault(key, {"budget": budget, "command": command, "tasks": {}})
@@ -93,20 +94,71 @@ def write_tuned(path: str | Path, entries: dict[str, dict[str, Any]], budget: di
                       + yaml.safe_dump(plain, sort_keys=True))
 
 
-def load_tuned(path: str | Path) -> dict[str, Any]:
-    """Parse a tuned file.
+def load_tuned(path: str | Path, option: str = "--tuned") -> dict[str, Any]:
+    """Parse a tuned file and check it has the shape :func:`write_tuned` writes:
+    ``<dataset>/<backbone>`` → ``tasks`` → task → ``lr_scale`` (a positive number),
+    ``set`` (a mapping) and an optional ``grid`` of such points with their
+    ``linear_val_top1``.
+
+    Args:
+        option: the option that named the file, for messages (``-o`` for ``tune``).
 
     Raises:
-        OptionError: naming ``--tuned`` and the file if it is missing or malformed.
+        OptionError: naming ``option``, the file and the first key at fault if it is
+            missing, unreadable (binary, not YAML) or of another shape.
     """
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise OptionError(f"--tuned {path}: cannot read it ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and "tasks" in v
-                                             for v in data.values()):
-        raise OptionError(f"--tuned {path} is not a file written by ssl-bench tune")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise OptionError(f"{option} {path}: cannot read it as YAML ({exc.__class__.__name__}); "
+                          "give a file written by ssl-bench tune") from None
+    problem = _shape_problem(data)
+    if problem:
+        raise OptionError(f"{option} {path}: {problem}; give a file written by ssl-bench tune")
     return data
+
+
+def _shape_problem(data: Any) -> str | None:
+    """The first place where a parsed tuned file departs from :func:`write_tuned`'s
+    shape, as ``key.tasks.task.field`` and what is wrong; ``None`` if nowhere."""
+    if not isinstance(data, dict):
+        return f"its top level is {data!r:.40}, not a mapping of <dataset>/<backbone> entries"
+    for key, entry in data.items():
+        tasks = entry.get("tasks") if isinstance(entry, dict) else None
+        if not isinstance(tasks, dict):
+            return f"{key}.tasks is {tasks!r:.40}, not a mapping of task → choice"
+        for task, choice in tasks.items():
+            where = f"{key}.tasks.{task}"
+            problem = _point_problem(choice, scored=False)
+            if problem:
+                return where + problem
+            grid = choice.get("grid", [])
+            if not isinstance(grid, list):
+                return f"{where}.grid is {grid!r:.40}, not a list"
+            for i, point in enumerate(grid):
+                problem = _point_problem(point, scored=True)
+                if problem:
+                    return f"{where}.grid[{i}]{problem}"
+    return None
+
+
+def _point_problem(point: Any, scored: bool) -> str | None:
+    """What is wrong with one choice or grid point (``scored``: it needs its
+    ``linear_val_top1``), as text that follows its key; ``None`` if nothing."""
+    if not isinstance(point, dict):
+        return f" is {point!r:.40}, not a mapping with lr_scale and set"
+    scale, setting = point.get("lr_scale"), point.get("set")
+    if not (_is_number(scale) and 0 < scale < math.inf):
+        return f".lr_scale is {scale!r:.40}, not a positive number"
+    if not isinstance(setting, dict):
+        return f".set is {setting!r:.40}, not a mapping of task options"
+    if scored and not _is_number(point.get("linear_val_top1")):
+        return f".linear_val_top1 is {point.get('linear_val_top1')!r:.40}, not a number"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def apply_tuned(config: RunConfig, path: str | Path) -> RunConfig:
@@ -114,7 +166,9 @@ def apply_tuned(config: RunConfig, path: str | Path) -> RunConfig:
     explicit ``--set`` options win. Reference tasks are not tuned and pass through.
 
     Raises:
-        OptionError: a pretraining task without an entry for its dataset and backbone.
+        OptionError: a pretraining task without an entry for its dataset and backbone,
+            or a tuned setting outside its task's declared range (naming the file
+            and the key).
     """
     if not is_tuned(config.task):
         return config
@@ -124,6 +178,23 @@ def apply_tuned(config: RunConfig, path: str | Path) -> RunConfig:
         raise OptionError(f"--tuned {path} has no entry for task {config.task!r} on {key}; "
                           f"run ssl-bench tune --tasks {config.task} with that dataset and "
                           "backbone first")
+    _check_setting(config, tuned["set"], f"--tuned {path}: {key}.tasks.{config.task}.set")
     return dataclasses.replace(config, lr_scale=float(tuned["lr_scale"]),
                                task_options={**tuned["set"], **config.task_options},
                                tuned=str(path))
+
+
+def _check_setting(config: RunConfig, setting: dict[str, Any], where: str) -> None:
+    """Check the tuned options that ``--set`` does not override against their task's
+    declarations, so a bad value names the file rather than ``--set``.
+
+    Raises:
+        OptionError: ``where``, then the option and its valid values.
+    """
+    from tasks.options import check_options, options_from_strings
+
+    kept = {k: v for k, v in setting.items() if k not in config.task_options}
+    try:
+        check_options(options_from_strings(TASKS.get(config.task).Options, kept))
+    except OptionError as exc:  # the option messages start with "--set ", not the file
+        raise OptionError(f"{where}: {str(exc).removeprefix('--set ')}") from None

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench.core.figures import image_rows
+from ssl_bench.core.errors import OptionError
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import check_range, option
@@ -28,6 +29,9 @@ GRID = 3
 TILES = GRID * GRID
 NUM_ALL_PERMUTATIONS = math.factorial(TILES)  # 9! = 362,880
 MIN_TILE_STD = 1.0 / 255.0  # one 8-bit grey level: the quantisation noise floor
+# Smallest tile side in px: a 1 px tile's std is NaN (the loss is not finite at step 1);
+# 3 px is the smallest tile holding one whole 3×3 neighbourhood (a convolution's window).
+MIN_TILE = 3
 
 
 @functools.cache
@@ -77,10 +81,21 @@ def hamming_statistics(permutations: np.ndarray) -> tuple[float, int]:
 
 def tile_geometry(image_size: int, tile_ratio: float) -> tuple[int, int]:
     """Cell and tile sides in pixels for a 3×3 puzzle on ``image_size`` px images:
-    cell = ⌊image_size / 3⌋, tile = round(cell · ``tile_ratio``), at least 1
-    (32 px → 10, 8; 28 px → 9, 7; 96 px → 32, 24 at the paper's 64/85)."""
+    cell = ⌊image_size / 3⌋, tile = round(cell · ``tile_ratio``)
+    (32 px → 10, 8; 28 px → 9, 7; 96 px → 32, 24 at the paper's 64/85).
+
+    Raises:
+        OptionError: a tile below :data:`MIN_TILE` px, with the valid ``tile_ratio``
+            range at this image size.
+    """
     cell = image_size // GRID
-    return cell, min(cell, max(1, round(cell * tile_ratio)))
+    tile = round(cell * tile_ratio)
+    if tile < MIN_TILE:
+        raise OptionError(f"--set tile_ratio={tile_ratio:g} gives {tile} px tiles in the {cell} "
+                          f"px cells of {image_size} px images; tiles need at least {MIN_TILE} "
+                          f"px, so give tile_ratio from {MIN_TILE / cell:.3g} to 1 at this "
+                          "image size")
+    return cell, tile
 
 
 def sample_tile_positions(batch: int, channels: int, image_size: int, cell: int, tile: int,
@@ -134,6 +149,7 @@ class Jigsaw(PretextTask):
     paper = "Noroozi & Favaro, ECCV 2016, §3, §4.1"
     tune_knob = ({}, {"num_permutations": 30})  # puzzle difficulty (Table 3 compares set sizes)
     backbone_family = "cnn"
+    min_image_size = GRID * MIN_TILE  # 3×3 cells of at least MIN_TILE px
 
     @dataclass
     class Options:

@@ -116,8 +116,13 @@ class MAE(PretextTask):
                 f"embedding covering the class token and a width divisible by 4; got width {width}")
         self.patch_size = self.backbone.patch_size
         self.num_patches = grid ** 2
-        self.num_visible = min(max(round(self.num_patches * (1 - options.mask_ratio)), 1),
-                               self.num_patches - 1)  # ≥ 1 visible, ≥ 1 masked, any grid
+        self.num_visible = round(self.num_patches * (1 - options.mask_ratio))
+        if not 1 <= self.num_visible < self.num_patches:  # the encoder and the loss need both
+            raise OptionError(
+                f"--set mask_ratio={options.mask_ratio:g} leaves {self.num_visible} of the "
+                f"{self.num_patches} patches of {spec.image_size} px images visible; give "
+                f"mask_ratio from {1 / self.num_patches:.3g} to {1 - 1 / self.num_patches:.3g} "
+                "at this image size, so at least one patch is visible and one masked")
         vit.pos_embed.data.copy_(sincos_pos_embed(grid, width))
         vit.pos_embed.requires_grad_(False)
         dim = options.decoder_dim

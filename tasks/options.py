@@ -100,7 +100,13 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str) and isinstance(value, (str, int, float)):
         return str(value)
     elif isinstance(default, (tuple, list)) and isinstance(value, (list, tuple)):
-        return type(default)(value)
+        # each element like the default's first (YAML reads `false` as a bool, not 0)
+        try:
+            return type(default)(_coerce(key, v, default[0]) if default else v for v in value)
+        except OptionError:
+            raise OptionError(f"--set {key}={value!r}: expected a list of "
+                              f"{type(default[0]).__name__} like the default {default!r}"
+                              ) from None
     raise OptionError(f"--set {key}={value!r}: expected a {type(default).__name__} "
                       f"like the default {default!r}")
 

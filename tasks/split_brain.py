@@ -145,7 +145,12 @@ class SplitBrain(PretextTask):
                              persistent=options.rebalance)  # (K_ab,) training pixels per bin
         l_centres = (torch.arange(options.l_bins) + 0.5) * (100.0 / options.l_bins)  # (K_L,)
         self.register_buffer("l_centres", l_centres, persistent=False)
-        self.target_size = max(1, round(spec.image_size * options.target_scale))
+        self.target_size = round(spec.image_size * options.target_scale)
+        if self.target_size < 1:
+            raise OptionError(f"--set target_scale={options.target_scale:g} gives "
+                              f"{self.target_size} px predictions on {spec.image_size} px "
+                              f"images; give target_scale from {1 / spec.image_size:.3g} to 1 "
+                              "at this image size")
         self.ab_head = nn.Conv2d(l_net.feature_channels, len(centres), kernel_size=1)
         self.l_head = nn.Conv2d(ab_net.feature_channels, options.l_bins, kernel_size=1)
 

@@ -35,7 +35,7 @@ def _error(capsys, argv) -> str:
     (["run", "--task", "random-init", "--backbone-opt", "depth=3"], "valid --backbone-opt keys"),
     (["run", "--task", "mae", "--backbone", "convnet"], "needs a VIT backbone"),
     (["run", "--task", "random-init", "--epochs", "-1"], "--epochs must be at least 0"),
-    (["run", "--task", "random-init", "--device", "tpu"], "--device must be"),
+    (["run", "--task", "random-init", "--device", "tpu"], "argument --device: invalid"),
     (["run", "--task", "random-init", "--evaluators", "svm"], "unknown evaluator 'svm'"),
     (["leaderboard", "/nonexistent/runs"], "does not exist"),
     (["run", "--task", "random-init", "--lowshot", "150"], "--lowshot 150 is not valid"),

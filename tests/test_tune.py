@@ -79,7 +79,7 @@ def test_runs_take_the_tuned_settings_and_explicit_options_win(tmp_path, capsys)
     (tmp_path / "bad.yaml").write_text("[1, 2]")
     assert main(["run", "--task", "denoising", "--tuned", str(tmp_path / "bad.yaml"),
                  "--out", str(tmp_path)]) == 2
-    assert "not a file written by ssl-bench tune" in capsys.readouterr().err
+    assert "give a file written by ssl-bench tune" in capsys.readouterr().err
 
 
 def test_the_report_prints_the_grid_and_the_choice(tmp_path):
