@@ -50,7 +50,11 @@ def _add_run_parser(sub) -> None:
                                   "[-<hash of non-default settings>])")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    resume.add_argument("--overwrite", action="store_true", help="delete an existing run directory")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run directory: the new run trains in a "
+                        "hidden folder beside it and takes its place at the first checkpoint "
+                        "(an untrained reference: when finished); if it fails or is killed "
+                        "before that, the old run is kept as it was")
     p.add_argument("--init-from", metavar="RUN_DIR",
                    help="start from the evaluated backbone of this finished run (same --backbone "
                         "and channels; recorded in config.yaml and the run name)")
