@@ -121,7 +121,11 @@ def _add_run_parser(sub) -> None:
     resume.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint (default: refuse an existing "
                              "run directory)")
-    resume.add_argument("--overwrite", action="store_true", help="delete an existing run directory")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run directory: the new run trains in a "
+                        "hidden folder beside it and takes its place at the first checkpoint "
+                        "(an untrained reference: when finished); if it fails or is killed "
+                        "before that, the old run is kept as it was")
     _add_settings(g)
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from ssl_bench.core.errors import OptionError
+from ssl_bench.core.errors import DataError, OptionError
 from ssl_bench.core.precision import PRECISIONS
-from ssl_bench.core.rundir import CONFIG
+from ssl_bench.core.rundir import CONFIG, NAME_DECORATION
 
 # Settings that say where a run is stored, how it is launched or shown: not what it measures.
 # sync_bn, like the world size (config.yaml), says how training is split over processes.
@@ -32,6 +32,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # (ssl_bench.distributed.step_seed), must fit torch's unsigned 64-bit generator seed;
 # 2**28 − 1 leaves room for 10**13 steps.
 MAX_SEED = 2**28 - 1
+# The longest --name whose folder and lock file (``.<name>.lock``) fit in a file name.
+MAX_NAME_BYTES = 255 - NAME_DECORATION
 
 
 @dataclass
@@ -161,6 +163,10 @@ class RunConfig:
             raise OptionError(f"--name {self.name!r} is not valid: give one folder name of "
                               "letters, digits, '.', '_' or '-', starting with a letter or "
                               "digit (no '/', no '..')")
+        if self.name is not None and len(self.name.encode()) > MAX_NAME_BYTES:
+            raise OptionError(f"--name is {len(self.name.encode())} characters long; give at "
+                              f"most {MAX_NAME_BYTES} (file names hold 255 bytes, and the "
+                              "run's lock file adds to it)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -207,10 +213,32 @@ def config_id(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(measured, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def read_config_file(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as recorded.
+
+    Raises:
+        DataError: naming the file when it is not UTF-8 YAML of a mapping (damaged).
+    """
+    path = Path(run_dir) / CONFIG
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+        problem = (None if isinstance(stored, dict) else
+                   f"a YAML {type(stored).__name__}, not a mapping of settings")
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not valid YAML"
+    if problem:
+        raise DataError(f"{path} is damaged ({problem}); start the run over with --overwrite")
+    return stored
+
+
 def read_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     """A run's ``config.yaml`` as the :class:`RunConfig` it was made with (settings this
-    version no longer has are dropped) and as the whole recorded dict."""
-    stored = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    version no longer has are dropped) and as the whole recorded dict.
+
+    Raises:
+        DataError: as :func:`read_config_file`.
+    """
+    stored = read_config_file(run_dir)
     config = RunConfig(**{f.name: stored[f.name] for f in dataclasses.fields(RunConfig)
                           if f.name in stored})
     return config, stored
@@ -221,14 +249,11 @@ def recorded_differences(config: RunConfig, run_dir: Path) -> list[str]:
     ``run_dir`` was made with (task options as given, before defaults are filled in);
     empty when they agree or the folder has no ``config.yaml``. An unreadable
     ``config.yaml`` differs in everything (``["config.yaml"]``)."""
-    path = run_dir / CONFIG
-    if not path.exists():
+    if not (run_dir / CONFIG).exists():
         return []
     try:
-        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return [CONFIG]
-    if not isinstance(stored, dict):
+        stored = read_config_file(run_dir)
+    except (OSError, DataError):
         return [CONFIG]
     stored = {**stored, "task_options": stored.get("task_overrides", {})}
     return [key for key, value in config.to_dict().items()

@@ -34,7 +34,7 @@ from backbones.base import Backbone
 from ssl_bench.build import build_task
 from ssl_bench.config import RunConfig, read_run_config
 from ssl_bench.core.errors import DataError, IncompatibleError, OptionError, SslBenchError
-from ssl_bench.core.rundir import CHECKPOINT, CONFIG, RESULTS, atomic_path
+from ssl_bench.core.rundir import CHECKPOINT, CONFIG, RESULTS, atomic_path, load_checkpoint
 from ssl_bench.datasets import load_dataset
 from tasks.base import PretextTask
 
@@ -52,8 +52,9 @@ def load_run_task(run_dir: str | Path) -> tuple[PretextTask, dict[str, Any]]:
         The task (eval mode) and the run's ``config.yaml`` as a dict.
 
     Raises:
-        DataError: no such folder, an unfinished run (no ``results.json``), a missing
-            or unfitting checkpoint, or the run's dataset cannot be loaded.
+        DataError: no such folder, an unfinished run (no ``results.json``), a damaged
+            ``config.yaml``, a missing, damaged or unfitting checkpoint, or the run's
+            dataset cannot be loaded.
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
@@ -69,8 +70,6 @@ def load_run_task(run_dir: str | Path) -> tuple[PretextTask, dict[str, Any]]:
         torch.manual_seed(config.seed)  # the run's initialisation (untrained references)
         task = build_task(config.task, config.backbone, spec, config.task_options,
                           config.backbone_options)
-    if task.pretrains and not (run_dir / CHECKPOINT).exists():
-        raise DataError(f"{run_dir} has no {CHECKPOINT}: its trained weights are gone")
     load_run_weights(task, run_dir, config, torch.device("cpu"))
     return task.eval(), stored
 
@@ -82,11 +81,17 @@ def load_run_weights(task: PretextTask, run_dir: Path, config: RunConfig,
     backbone it started from (nothing when it has neither).
 
     Raises:
-        DataError: a checkpoint that does not fit the task as this version builds it.
+        DataError: a task that pretrains without its checkpoint (its untrained
+            initialisation is not the run), a damaged checkpoint, or one that does not
+            fit the task as this version builds it.
     """
     checkpoint = Path(run_dir) / CHECKPOINT
+    if not checkpoint.exists() and task.pretrains:
+        raise DataError(f"{checkpoint} is missing: the trained weights of this {config.task} "
+                        "run are gone (its untrained initialisation is not the run); run it "
+                        "again with --overwrite")
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, device)
         try:
             task.load_state_dict(state["task"])
         except (RuntimeError, KeyError) as exc:

@@ -16,17 +16,18 @@ from eval.linear import LinearProbe
 from eval.protocol import MIN_LOWSHOT_PER_CLASS, Protocol, lowshot_key, lowshot_sizes
 from ssl_bench import distributed
 from ssl_bench.build import build_task
-from ssl_bench.config import (RunConfig, config_id, read_run_config, recorded_differences,
-                              run_name)
+from ssl_bench.config import (RunConfig, config_id, read_config_file, read_run_config,
+                              recorded_differences, run_name)
 from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
 from ssl_bench.core.memory import peak_memory, reset_peak_memory
 from ssl_bench.core.precision import resolve_precision
 from ssl_bench.core.registry import EVALUATORS, TASKS
-from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0,
+from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0, RunLock,
                                    atomic_torch_save, atomic_write_json, atomic_write_yaml,
-                                   read_json, remove_temporary_files)
+                                   read_json, remove_temporary_files, replace_run, settle_run,
+                                   staging_path, unsettled)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.datasets.pairing import with_eval_data
@@ -102,21 +103,96 @@ def _check_out(out: str) -> None:
 
 
 def _check_run_dir(config: RunConfig) -> Path:
+    """The run folder, after settling an ``--overwrite`` that a killed process left half
+    done (the only change made before every input is checked).
+
+    Raises:
+        SslBenchError: as :func:`_check_state`, or the folder is in use.
+    """
     _check_out(config.out)
     run_dir = Path(config.out) / run_name(config)
+    if distributed.is_main() and unsettled(run_dir):
+        with RunLock(run_dir):
+            settle_run(run_dir)
+    _check_state(config, run_dir)
+    return run_dir
+
+
+def _check_state(config: RunConfig, run_dir: Path) -> None:
+    """Refuse a run folder that this run may not use: a file stands there, it exists
+    and neither --resume nor --overwrite is given, or --resume onto a damaged
+    ``config.yaml`` or onto other settings."""
+    if run_dir.exists() and not run_dir.is_dir():
+        option = f"--name {config.name}" if config.name else "--out"
+        raise OptionError(f"{option}: a file stands at {run_dir}, not a run folder; give "
+                          "another --name or --out")
     if run_dir.exists() and not (config.overwrite or config.resume):
         state = "finished" if (run_dir / RESULTS).exists() else "unfinished"
         raise SslBenchError(f"run directory {run_dir} exists ({state}); pass --resume to "
                             "continue it or --overwrite to start afresh")
-    return run_dir
+    if config.resume and (run_dir / CONFIG).exists():
+        read_config_file(run_dir)  # a damaged file is refused naming it
+    differences = recorded_differences(config, run_dir) if config.resume else []
+    if differences:
+        raise OptionError(f"--resume: {run_dir} was made with other settings "
+                          f"({', '.join(differences)}); give another --name or --out, or "
+                          "--overwrite to replace it")
+
+
+def _claim(config: RunConfig, run_dir: Path) -> tuple[RunLock, Path, list[Path]]:
+    """Lock the run name and make the folder this run writes in: ``run_dir``, or with
+    ``--overwrite`` of an existing run its staging folder, which replaces the old run
+    at the first checkpoint (or, for an untrained reference, with its results).
+
+    Returns:
+        The held lock, the folder, and the folders this made (deepest first: the
+        folder, if new, then ``--out`` and its parents).
+
+    Raises:
+        SslBenchError: the name is in use, or :func:`_check_state` refuses (the folder
+            changed while the inputs were checked).
+    """
+    created = [p for p in run_dir.parents if not p.exists()]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(run_dir).acquire()
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        settle_run(run_dir)
+        _check_state(config, run_dir)
+        work = staging_path(run_dir) if config.overwrite and run_dir.exists() else run_dir
+        if not work.exists():
+            work.mkdir()
+            created.insert(0, work)
+        remove_temporary_files(work)  # left by a process killed mid-write
+    except BaseException:
+        lock.release()
+        _remove_empty(created)
+        raise
+    return lock, work, created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: it holds something this run did not make
+            return
 
 
 def run_experiment(config: RunConfig) -> dict[str, Any]:
     """Pretrain, evaluate and write one run directory; return its ``results.json``.
 
     Every input is checked before the run directory is touched (``--resume`` also
-    checks the settings recorded in it); a run that fails before its first
-    checkpoint removes the directory it created.
+    checks the settings recorded in it); the run holds a lock on its name meanwhile
+    (:class:`~ssl_bench.core.rundir.RunLock`). A run that fails before its first
+    checkpoint removes the folders it created (``--out`` too); with ``--overwrite``
+    the old run stays until the new one has a checkpoint or results to replace it.
 
     Raises:
         SslBenchError: any bad input (names, options, data, an ``--out`` that cannot
@@ -125,11 +201,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     """
     evaluators = {name: EVALUATORS.get(name)() for name in config.evaluators}
     run_dir = _check_run_dir(config)
-    differences = recorded_differences(config, run_dir) if config.resume else []
-    if differences:
-        raise OptionError(f"--resume: {run_dir} was made with other settings "
-                          f"({', '.join(differences)}); give another --name or --out, or "
-                          "--overwrite to replace it")
     if config.resume and (run_dir / RESULTS).exists():
         return read_json(run_dir / RESULTS)
     pretrains = TASKS.get(config.task).pretrains
@@ -170,15 +241,45 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     config_key = config_id({**settings, "epochs": epochs})
     # Only now, with every input checked on every rank, touch the run directory (rank 0).
     distributed.barrier()
-    fresh = False
+    claim = distributed.on_main(lambda: _claim(config, run_dir))
+    lock, work, created = claim or (None, run_dir, [])
+    fresh = work in created
+    try:
+        return _train_and_evaluate(config, run_dir, work, task, data, idx, protocol, eval_data,
+                                   device, precision, optims, epochs, settings, config_key)
+    except BaseException:
+        if fresh and not any((work / f).exists() for f in (CHECKPOINT, RESULTS)):
+            shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+            _remove_empty(created)  # the --out folders made for a run that left nothing
+
+
+def _train_and_evaluate(config: RunConfig, run_dir: Path, work: Path, task: PretextTask,
+                        data: ImageData, idx: tuple[torch.Tensor, ...], protocol: Protocol,
+                        eval_data: EvalData, device: torch.device, precision: str,
+                        optims: list[OptimConfig], epochs: int, settings: dict[str, Any],
+                        config_key: str) -> dict[str, Any]:
+    """The part of :func:`run_experiment` that writes: ``config.yaml``, training,
+    evaluation, figures and ``results.json``, in ``work`` (rank 0), which replaces
+    ``run_dir`` at the first checkpoint or with the results when it is not ``run_dir``."""
+    spec = data.spec()
+    train_idx, eval_idx, test_idx = idx
+    world = distributed.world_size()
+    # a whole split goes uncopied (STL-10's unlabeled split is 2.7 GB)
+    pretrain = data.pretraining if config.train_subset is None else data.pretraining[train_idx]
+    labels = data.train_labels[train_idx] if data.pretrain_images is None else None
+    trainer = Trainer(task, pretrain, spec.hflip, TrainConfig(epochs, config.batch_size,
+                      config.seed), optims, work, device, labels=labels, precision=precision,
+                      compile=config.compile)
+
+    if config.resume and trainer.checkpoint_path.exists():
+        trainer.load_checkpoint()  # a damaged checkpoint is refused before anything is written
     if distributed.is_main():
         _announce(config, data, idx, protocol, device, precision)
-        if config.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        fresh = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporary_files(run_dir)  # left by a process killed mid-write
-        atomic_write_yaml(run_dir / CONFIG, {
+        atomic_write_yaml(work / CONFIG, {
             **settings, "task_overrides": config.task_options, "config_id": config_key,
             "data": {"train_images": len(data.train_images), "pretrain_images": len(train_idx),
                      "pretrain_split": data.pretrain_split,
@@ -190,27 +291,23 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
             "world_size": world, "versions": versions(), "git_commit": git_commit(),
         })
 
-    # a whole split goes uncopied (STL-10's unlabeled split is 2.7 GB)
-    pretrain = data.pretraining if config.train_subset is None else data.pretraining[train_idx]
-    labels = data.train_labels[train_idx] if data.pretrain_images is None else None
-    trainer = Trainer(task, pretrain, spec.hflip, TrainConfig(epochs, config.batch_size,
-                      config.seed), optims, run_dir, device, labels=labels, precision=precision,
-                      compile=config.compile)
+    def take_place() -> None:
+        """Replace the old run with this one (``--overwrite``), once it has something."""
+        replace_run(run_dir, work)
+        trainer.run_dir, trainer.after_checkpoint = run_dir, None
+
+    if work != run_dir:
+        trainer.after_checkpoint = take_place
     eval_settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
                                  precision, config.bn_recalibrate)
 
     def evaluate() -> tuple[dict[str, Any], torch.Tensor]:
         return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device)
 
-    try:
-        step0 = distributed.on_main(
-            lambda: _step0_reference(task, trainer, evaluate, config, run_dir), task)
-        reset_peak_memory(device)
-        stats = trainer.fit(resume=config.resume)
-    except Exception:
-        if fresh and not trainer.checkpoint_path.exists():  # nothing worth resuming
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    step0 = distributed.on_main(
+        lambda: _step0_reference(task, trainer, evaluate, config, work), task)
+    reset_peak_memory(device)
+    stats = trainer.fit()
     memory = peak_memory(device)  # of pretraining (CUDA) / of the process so far (RSS)
 
     def finish() -> dict[str, Any]:
@@ -221,8 +318,9 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         if config.step0 and not task.pretrains:
             step0 = final  # an untrained reference is its own step 0
 
-        figures = _save_figures(task, eval_data.test_images, run_dir, device)
-        sample = _save_feature_sample(test_x, eval_data.test_labels, data.class_names, run_dir)
+        figures = _save_figures(task, eval_data.test_images, trainer.run_dir, device)
+        sample = _save_feature_sample(test_x, eval_data.test_labels, data.class_names,
+                                      trainer.run_dir)
         results = {
             "task": task.name, "backbone": config.backbone, "dataset": config.dataset,
             "seed": config.seed, "config_id": config_key, "reference": task.reference,
@@ -249,7 +347,9 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
             "figures": figures, "feature_sample": sample,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(run_dir / RESULTS, results)
+        atomic_write_json(trainer.run_dir / RESULTS, results)
+        if trainer.run_dir != run_dir:  # an untrained reference: no checkpoint came first
+            take_place()
         return results
 
     # the other ranks wait, then read what rank 0 wrote

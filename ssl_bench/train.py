@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from ssl_bench.core.errors import Diverged, Interrupted, SslBenchError
 from ssl_bench.core.images import random_hflip, to_float
 from ssl_bench.core.precision import autocast
 from ssl_bench.core.rundir import (CHECKPOINT, METRICS, append_jsonl, atomic_torch_save,
-                                   atomic_write_text)
+                                   atomic_write_text, load_checkpoint)
 from ssl_bench.summary import per_second
 from tasks.base import OptimConfig, PretextTask
 
@@ -142,6 +142,15 @@ class _StopOnSigint:
             signal.signal(sig, previous)
 
 
+def _logged_step(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinite (dropped) for a blank line or one
+    torn by a full disk or a kill mid-write."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
+
+
 class Trainer:
     """Pretrains ``task`` on ``images``, writing ``metrics.jsonl`` and ``checkpoint.pt``.
 
@@ -193,6 +202,9 @@ class Trainer:
             for opt, o in zip(self.optimizers, optims)]
         self.epoch = self.batch = self.step = self.images_seen = 0
         self.train_seconds = 0.0
+        #: Called on rank 0 after each checkpoint is written (``--overwrite`` swaps its
+        #: run folder in there); may change :attr:`run_dir`.
+        self.after_checkpoint: Callable[[], None] | None = None
 
     # ------------------------------------------------------------- checkpoints
 
@@ -213,15 +225,18 @@ class Trainer:
             "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "rng": _rng_state(),
         }, self.checkpoint_path)
+        if self.after_checkpoint is not None:
+            self.after_checkpoint()
 
     def load_checkpoint(self) -> None:
         """Restore the state written by :meth:`save_checkpoint` and drop ``metrics.jsonl``
         lines logged after it (they will be logged again).
 
         Raises:
+            DataError: a damaged checkpoint file.
             SslBenchError: if the checkpoint does not match this task/configuration.
         """
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(self.checkpoint_path, self.device)
         try:
             self.task.load_state_dict(state["task"])
             for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
@@ -242,7 +257,7 @@ class Trainer:
         if not distributed.is_main() or not path.exists():
             return
         kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+                if _logged_step(line) <= self.step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------- loop

@@ -74,7 +74,7 @@ def _corrupt_sample(runs):
 @pytest.mark.parametrize("make_bad, expected", [
     (lambda tmp, runs: ["--tuned", str(tmp / "missing.yaml")], "--tuned"),
     (lambda tmp, runs: ["--tuned", str(_tuned_garbage(tmp / "t.yaml"))],
-     "is not a file written by ssl-bench tune"),
+     "give a file written by ssl-bench tune"),
     (lambda tmp, runs: [str(tmp / "no-such-runs")], "does not exist"),
     (lambda tmp, runs: _corrupt_sample(runs), "feature sample"),
 ])

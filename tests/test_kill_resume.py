@@ -1,5 +1,7 @@
 """A run killed at any moment resumes to bit-identical results and leaves no
-temporary files; SIGTERM stops it at a step boundary with a checkpoint."""
+temporary files; SIGTERM stops it at a step boundary with a checkpoint; an
+``--overwrite`` killed at any moment keeps the old run until the new one has a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ if point == "train":
     train.Trainer._batch = lambda self, *a: (hit(int(n)), batch(self, *a))[1]
 elif point == "checkpoint":
     save = torch.save
-    def torch_save(obj, path, *a, **k):
-        save(obj, path, *a, **k)
-        if str(path).endswith(".tmp") and "checkpoint" in str(path):
+    def torch_save(obj, f, *a, **k):
+        save(obj, f, *a, **k)
+        path = str(getattr(f, "name", f))  # a path or an open file
+        if path.endswith(".tmp") and "checkpoint" in path:
             hit(int(n))
     torch.save = torch_save
 else:
@@ -70,9 +73,15 @@ def reference(tmp_path_factory, cache) -> dict:
     return json.loads((run / "results.json").read_text())
 
 
-def interrupted_run(out: Path, point: str, sig: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", DRIVER, point, sig, *RUN, "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+def interrupted_run(out: Path, point: str, sig: str, *extra: str
+                    ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", DRIVER, point, sig, *RUN, *extra, "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)
+
+
+def visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` but hidden ones (the lock file a SIGKILL leaves)."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
 
 
 def same_results(a: dict, b: dict) -> bool:
@@ -85,9 +94,10 @@ def same_results(a: dict, b: dict) -> bool:
 def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, point):
     child = interrupted_run(tmp_path, point, "SIGKILL")
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    (run,) = tmp_path.iterdir()
+    (run,) = visible(tmp_path)
     assert not (run / "results.json").exists()
     assert main([*RUN, "--out", str(tmp_path), "--resume"]) == 0
+    assert list(tmp_path.iterdir()) == [run]  # the lock file went with the resumed run
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
     resumed = json.loads((run / "results.json").read_text())
     assert same_results(resumed, reference)
@@ -104,3 +114,38 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary(tmp_path, reference):
     assert state["step"] == 6  # signalled while step 6 began: it finishes, then the checkpoint
     assert main([*RUN, "--out", str(tmp_path), "--resume"]) == 0
     assert same_results(json.loads((run / "results.json").read_text()), reference)
+
+
+@pytest.fixture
+def old_run(tmp_path) -> Path:
+    """``<tmp>/x``: a finished run (an untrained reference) that ``--overwrite`` replaces."""
+    assert main(["run", "--task", "random-init", "--evaluators", "knn", "--lowshot",
+                 "--no-layer-probes", "--no-step0", "--name", "x", "--out", str(tmp_path)]) == 0
+    return tmp_path / "x"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("point", ["train:2", "checkpoint:1"])
+def test_overwrite_killed_before_its_first_checkpoint_keeps_the_old_run(tmp_path, old_run,
+                                                                        point):
+    before = snapshot(old_run)
+    child = interrupted_run(tmp_path, point, "SIGKILL", "--name", "x", "--overwrite")
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert snapshot(old_run) == before  # the old run is whole and in its place
+    # the next command on the name clears the half-built replacement; the old run stays
+    assert main([*RUN, "--name", "x", "--out", str(tmp_path), "--resume"]) == 2
+    assert snapshot(old_run) == before and list(tmp_path.iterdir()) == [old_run]
+
+
+def test_overwrite_killed_after_its_first_checkpoint_resumes(tmp_path, old_run, reference):
+    child = interrupted_run(tmp_path, "train:6", "SIGKILL", "--name", "x", "--overwrite")
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert visible(tmp_path) == [old_run]
+    # the new run took the old one's place at its first checkpoint (step 4)
+    assert (old_run / "checkpoint.pt").exists() and not (old_run / "results.json").exists()
+    assert main([*RUN, "--name", "x", "--out", str(tmp_path), "--resume"]) == 0
+    assert same_results(json.loads((old_run / "results.json").read_text()), reference)
+    assert list(tmp_path.iterdir()) == [old_run]
