@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench.core.figures import image_rows
-from ssl_bench.core.errors import OptionError
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
-from tasks.options import check_range, option
+from tasks.options import check_range, option, refuse_at_image_size
 from tasks.blocks import crop_squares, standardize
 from tasks.color import rgb_to_luma
 
@@ -29,8 +28,7 @@ GRID = 3
 TILES = GRID * GRID
 NUM_ALL_PERMUTATIONS = math.factorial(TILES)  # 9! = 362,880
 MIN_TILE_STD = 1.0 / 255.0  # one 8-bit grey level: the quantisation noise floor
-# Smallest tile side in px: a 1 px tile's std is NaN (the loss is not finite at step 1);
-# 3 px is the smallest tile holding one whole 3×3 neighbourhood (a convolution's window).
+# Smallest tile side, px: one whole 3×3 convolution window (a 1 px tile's std is NaN)
 MIN_TILE = 3
 
 
@@ -82,19 +80,13 @@ def hamming_statistics(permutations: np.ndarray) -> tuple[float, int]:
 def tile_geometry(image_size: int, tile_ratio: float) -> tuple[int, int]:
     """Cell and tile sides in pixels for a 3×3 puzzle on ``image_size`` px images:
     cell = ⌊image_size / 3⌋, tile = round(cell · ``tile_ratio``)
-    (32 px → 10, 8; 28 px → 9, 7; 96 px → 32, 24 at the paper's 64/85).
-
-    Raises:
-        OptionError: a tile below :data:`MIN_TILE` px, with the valid ``tile_ratio``
-            range at this image size.
-    """
+    (32 px → 10, 8; 28 px → 9, 7; 96 px → 32, 24 at the paper's 64/85). Raises
+    OptionError for a tile below :data:`MIN_TILE` px."""
     cell = image_size // GRID
     tile = round(cell * tile_ratio)
     if tile < MIN_TILE:
-        raise OptionError(f"--set tile_ratio={tile_ratio:g} gives {tile} px tiles in the {cell} "
-                          f"px cells of {image_size} px images; tiles need at least {MIN_TILE} "
-                          f"px, so give tile_ratio from {MIN_TILE / cell:.3g} to 1 at this "
-                          "image size")
+        refuse_at_image_size("tile_ratio", tile_ratio, f"{tile} px tiles (< {MIN_TILE} px)",
+                             image_size, MIN_TILE / cell, 1)
     return cell, tile
 
 
@@ -170,8 +162,7 @@ class Jigsaw(PretextTask):
         super().__init__(make_backbone, spec, options)
         self.cell_size, self.tile_size = tile_geometry(spec.image_size, options.tile_ratio)
         self.backbone = self.build_backbone(make_backbone, img_size=self.tile_size)
-        permutations = max_hamming_permutations(options.num_permutations,
-                                                options.permutation_seed)
+        permutations = max_hamming_permutations(options.num_permutations, options.permutation_seed)
         self.register_buffer("permutations", torch.from_numpy(permutations))  # (N_perm, 9)
         self.tile_fc = nn.Sequential(nn.Linear(self.backbone.num_features, options.tile_dim),
                                      nn.ReLU(inplace=True))

@@ -17,7 +17,7 @@ from ssl_bench.core.figures import image_rows
 from ssl_bench.core.precision import attention_kernels
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
-from tasks.options import option
+from tasks.options import option, refuse_at_image_size
 from tasks.blocks import psnr_db
 
 NORM_PIX_EPS = 1e-6  # added to each patch's variance before dividing (MAE's official code)
@@ -114,15 +114,11 @@ class MAE(PretextTask):
             raise IncompatibleError(
                 "task 'mae' needs a ViT with one class token, no register tokens, a position "
                 f"embedding covering the class token and a width divisible by 4; got width {width}")
-        self.patch_size = self.backbone.patch_size
-        self.num_patches = grid ** 2
+        self.patch_size, self.num_patches = self.backbone.patch_size, grid ** 2
         self.num_visible = round(self.num_patches * (1 - options.mask_ratio))
         if not 1 <= self.num_visible < self.num_patches:  # the encoder and the loss need both
-            raise OptionError(
-                f"--set mask_ratio={options.mask_ratio:g} leaves {self.num_visible} of the "
-                f"{self.num_patches} patches of {spec.image_size} px images visible; give "
-                f"mask_ratio from {1 / self.num_patches:.3g} to {1 - 1 / self.num_patches:.3g} "
-                "at this image size, so at least one patch is visible and one masked")
+            refuse_at_image_size("mask_ratio", options.mask_ratio, f"{self.num_visible} visible "
+                                 "patches", spec.image_size, 1 / grid**2, 1 - 1 / grid**2)
         vit.pos_embed.data.copy_(sincos_pos_embed(grid, width))
         vit.pos_embed.requires_grad_(False)
         dim = options.decoder_dim
@@ -245,8 +241,7 @@ class MAE(PretextTask):
         return image_rows([
             ("masked", self.unpatchify(torch.where(masked, 0.5, original))),
             ("reconstruction", self.unpatchify(torch.where(masked, pixels, original))),
-            ("original", images),
-        ], title=f"MAE, {self.options.mask_ratio:.0%} of patches masked")
+            ("original", images)], title=f"MAE, {self.options.mask_ratio:.0%} of patches masked")
 
     def summary(self) -> dict:
         """The base's parameter counts (sin-cos embeddings are frozen) and the patch grid."""

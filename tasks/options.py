@@ -125,3 +125,16 @@ def check_range(option: str, value: float, low: float, high: float, strict: bool
     if not inside:
         bounds = f"({low}, {high})" if strict else f"[{low}, {high}]"
         raise OptionError(f"--set {option}={value} is out of range {bounds}")
+
+
+def refuse_at_image_size(option: str, value: float, gives: str, image_size: int,
+                         low: float, high: float) -> None:
+    """Refuse a task option inside its declared range whose size derived at
+    ``image_size`` px does not work (``gives`` says what it gives), naming the range
+    ``[low, high]`` that works at this size.
+
+    Raises:
+        OptionError: always.
+    """
+    raise OptionError(f"--set {option}={value:g} gives {gives} on {image_size} px images; give "
+                      f"{option} from {low:.3g} to {high:.3g} at this image size")

@@ -14,7 +14,7 @@ from ssl_bench.core.errors import IncompatibleError, OptionError
 from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
-from tasks.options import option
+from tasks.options import option, refuse_at_image_size
 from tasks.color import (ZHANG_GRID, in_gamut_ab_bins, lab_to_rgb, quantize_ab, quantize_l,
                          rebalance_weights, rgb_to_lab, soft_encode_ab, zhang_ab_bins)
 
@@ -124,8 +124,7 @@ class SplitBrain(PretextTask):
                               f"313 bins of Zhang et al. lie on a grid of {ZHANG_GRID:g}")
         self.width_used = options.width_multiplier
         try:
-            l_net = self.build_backbone(make_backbone, in_chans=1,
-                                        width_multiplier=self.width_used)
+            l_net = self.build_backbone(make_backbone, in_chans=1, width_multiplier=self.width_used)
             ab_net = self.build_backbone(make_backbone, in_chans=2,
                                          width_multiplier=self.width_used)
         except IncompatibleError:
@@ -136,21 +135,18 @@ class SplitBrain(PretextTask):
             ab_net = self.build_backbone(make_backbone, in_chans=2)
         self.backbone = SplitBrainBackbone(l_net, ab_net)
 
-        centres, lookup, origin = (zhang_ab_bins() if options.ab_bin_set == "zhang313" else
-                                   in_gamut_ab_bins(options.ab_grid))  # (K_ab, 2), (G, G), int
+        centres, lookup, self.ab_origin = (zhang_ab_bins() if options.ab_bin_set == "zhang313" else
+                                           in_gamut_ab_bins(options.ab_grid))  # (K_ab, 2), (G, G)
         self.register_buffer("ab_centres", centres, persistent=False)
         self.register_buffer("ab_lookup", lookup, persistent=False)
-        self.ab_origin = origin
         self.register_buffer("ab_counts", torch.zeros(len(centres), dtype=torch.float64),
                              persistent=options.rebalance)  # (K_ab,) training pixels per bin
         l_centres = (torch.arange(options.l_bins) + 0.5) * (100.0 / options.l_bins)  # (K_L,)
         self.register_buffer("l_centres", l_centres, persistent=False)
         self.target_size = round(spec.image_size * options.target_scale)
         if self.target_size < 1:
-            raise OptionError(f"--set target_scale={options.target_scale:g} gives "
-                              f"{self.target_size} px predictions on {spec.image_size} px "
-                              f"images; give target_scale from {1 / spec.image_size:.3g} to 1 "
-                              "at this image size")
+            refuse_at_image_size("target_scale", options.target_scale, "0 px predictions",
+                                 spec.image_size, 1 / spec.image_size, 1)
         self.ab_head = nn.Conv2d(l_net.feature_channels, len(centres), kernel_size=1)
         self.l_head = nn.Conv2d(ab_net.feature_channels, options.l_bins, kernel_size=1)
 
@@ -241,8 +237,7 @@ class SplitBrain(PretextTask):
         return image_rows([
             ("input L", lab[:, :1] / 100.0),
             ("ab from L", lab_to_rgb(torch.cat([lab[:, :1], ab], dim=1))),
-            ("L from ab", lightness / 100.0),
-            ("original", images),
+            ("L from ab", lightness / 100.0), ("original", images),
         ], title=f"split-brain (annealed mean, T={self.options.temperature})")
 
     def summary(self) -> dict[str, Any]:

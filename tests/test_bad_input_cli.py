@@ -87,13 +87,13 @@ def test_report_refuses_a_binary_tuned_file_in_one_line(capsys, tmp_path):
     (["--seed", "-1"], "argument --seed: give an integer from 0 to 268435455"),
     # case 3: inside the declared range, but the derived size at this image size cannot work
     (["--task", "jigsaw", "--set", "tile_ratio=0.1"],
-     "--set tile_ratio=0.1 gives 1 px tiles in the 10 px cells of 32 px images; tiles need "
-     "at least 3 px, so give tile_ratio from 0.3 to 1"),
+     "--set tile_ratio=0.1 gives 1 px tiles (< 3 px) on 32 px images; give tile_ratio from "
+     "0.3 to 1 at this image size"),
     (["--task", "mae", "--backbone", "vit_tiny", "--set", "mask_ratio=0.999"],
-     "--set mask_ratio=0.999 leaves 0 of the 64 patches of 32 px images visible; give "
+     "--set mask_ratio=0.999 gives 0 visible patches on 32 px images; give "
      "mask_ratio from 0.0156 to 0.984"),
     (["--task", "mae", "--backbone", "vit_tiny", "--set", "mask_ratio=0.001"],
-     "--set mask_ratio=0.001 leaves 64 of the 64 patches"),
+     "--set mask_ratio=0.001 gives 64 visible patches"),
     # case 5: settings that nothing reads, values that would run as something else
     (["--data-root", "/tmp"], "--data-root /tmp: --dataset digits reads no --data-root"),
     (["--eval-data-root", "/tmp"], "--eval-data-root /tmp is the folder of --eval-dataset, "

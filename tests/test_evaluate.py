@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import RGB32, build_small_task
@@ -35,9 +36,12 @@ def test_recalibration_is_a_no_op_without_batchnorm():
         torch.testing.assert_close(task.features(x), reference)
 
 
-def test_reevaluating_a_run_reproduces_its_metrics(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_reevaluating_a_run_reproduces_its_metrics(tmp_path, monkeypatch, precision):
     """``ssl-bench evaluate`` rebuilds the run's data, protocol and trained task: with
-    the run's own settings it gives the run's own numbers."""
+    the run's own settings it gives the run's own numbers, exactly (the same kernels on
+    the same inputs: the task is evaluated in the layout training leaves it in, whose
+    fp32 features differ from another layout's by ~1e-8, enough to flip a k-NN vote)."""
     import json
 
     from ssl_bench.cli import main
@@ -46,7 +50,8 @@ def test_reevaluating_a_run_reproduces_its_metrics(tmp_path, monkeypatch):
     out = tmp_path / "runs"
     assert main(["run", "--task", "denoising", "--epochs", "1", "--train-subset", "64",
                  "--batch-size", "32", "--evaluators", "knn", "--lowshot", "--no-layer-probes",
-                 "--no-step0", "--test-subset", "100", "--out", str(out)]) == 0
+                 "--no-step0", "--test-subset", "100", "--precision", precision,
+                 "--out", str(out)]) == 0
     (run_dir,) = out.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert main(["evaluate", str(run_dir), "-o", str(tmp_path / "same.json")]) == 0

@@ -108,7 +108,7 @@ def test_mask_keeps_round_quarter_visible_and_differs_per_sample(task):
 
 def test_mask_ratio_option_sets_visible_count():
     assert make_task(mask_ratio=0.5).num_visible == 8
-    with pytest.raises(OptionError, match="leaves 0 of the 16 patches"):
+    with pytest.raises(OptionError, match="gives 0 visible patches"):
         make_task(mask_ratio=0.99)  # never zero visible patches: refused, not clamped
 
 
