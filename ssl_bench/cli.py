@@ -469,26 +469,35 @@ def _print_results(results: dict, run_dir: Path) -> None:
     print(run_summary(results, run_dir))
 
 
+def _list(_: argparse.Namespace, __: list[str]) -> int:
+    from backbones import backbone_names
+    from ssl_bench.datasets import dataset_names
+    from ssl_bench.core.registry import EVALUATORS, TASKS
+
+    print(listing(TASKS.items(), backbone_names(), dataset_names(), EVALUATORS.names()), end="")
+    return 0
+
+
+def listing(tasks: list[tuple[str, type]], backbones: list[str], datasets: list[str],
+            evaluators: list[str]) -> str:
+    """What ``ssl-bench list`` prints: every task with its source and the defaults of
+    its ``Options`` dataclass, then the backbone, dataset and evaluator names."""
+    lines = ["tasks:"]
+    for name, cls in tasks:
+        lines.append(f"  {name:18s} {cls.paper}" + (" [reference row]" if cls.reference else ""))
+        defaults = cls.Options()
+        opts = ", ".join(f"{f.name}={_show(getattr(defaults, f.name))}"
+                         for f in dataclasses.fields(defaults))
+        if opts:
+            lines.append(f"  {'':18s} --set {opts}")
+    for title, names in (("backbones", backbones), ("datasets", datasets),
+                         ("evaluators", evaluators)):
+        lines.append(f"{title}:\n  " + "\n  ".join(names))
+    return "\n".join(lines) + "\n"
+
+
 def _show(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else repr(value)
-
-
-def _list(_: argparse.Namespace, __: list[str]) -> int:
-    # read from the source: importing the registries' modules would import torch (seconds)
-    from ssl_bench.catalog import Catalog
-    from ssl_bench.core.registry import BACKBONES, DATASETS, EVALUATORS, TASKS
-
-    catalog = Catalog()
-    print("tasks:")
-    for task in catalog.tasks(TASKS):
-        print(f"  {task.name:18s} {task.paper}" + (" [reference row]" if task.reference else ""))
-        opts = ", ".join(f"{name}={_show(value)}" for name, value in task.options)
-        if opts:
-            print(f"  {'':18s} --set {opts}")
-    print("backbones:\n  " + "\n  ".join(catalog.listed_names(BACKBONES)))
-    print("datasets:\n  " + "\n  ".join(catalog.listed_names(DATASETS)))
-    print("evaluators:\n  " + "\n  ".join(catalog.listed_names(EVALUATORS)))
-    return 0
 
 
 def _leaderboard(args: argparse.Namespace, _: list[str]) -> int:

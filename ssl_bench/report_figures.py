@@ -105,11 +105,10 @@ PALETTE = tuple(plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 2
 
 @functools.cache
 def _task_names() -> tuple[str, ...]:
-    """The registry's task names, sorted (read from source: nothing is imported)."""
-    from ssl_bench.catalog import Catalog
+    """The registry's task names, sorted."""
     from ssl_bench.core.registry import TASKS
 
-    return tuple(Catalog().names(TASKS))
+    return tuple(TASKS.names())
 
 
 def task_colour(task: str) -> tuple[float, float, float, float]:

@@ -111,12 +111,6 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"unknown {self.kind} {name!r} for {self.option}; "
                                    f"valid: {', '.join(self.names())}") from None
 
-    def loaded(self, name: str) -> T | None:
-        """The entry registered as ``name`` by the modules imported so far, without
-        importing the others (``None`` if none has): how :mod:`ssl_bench.catalog` imports
-        one entry it cannot read from source."""
-        return self._entries.get(name)
-
     def items(self) -> list[tuple[str, T]]:
         """(name, entry) pairs, sorted by name."""
         return [(n, self._entries[n]) for n in self.names()]
