@@ -31,7 +31,8 @@ GROUP = ["task", "backbone", "dataset", "config_id"]
 SETTINGS = ["epochs", "batch_size", "images_seen", "steps", "pretrain_images",
             "eval_train_images", "test_images"]
 COST_SETTINGS = ["backbone_params", "task_params", "backbone_gflops_per_image", "feature_dim",
-                 "peak_memory_kind"]
+                 "peak_memory_kind", "train_backbone_passes", "train_gflops_per_step",
+                 "train_gflops"]
 TAIL = ["run", "command"]
 #: The resolved task options of a run, as sorted JSON (labels configurations apart).
 OPTIONS = "task_options"
@@ -293,9 +294,121 @@ def aggregate_seeds(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         rows.append(row)
     summary = pd.DataFrame(rows)
     order = [c for c in [knn_column(summary.columns, "_mean")] if c]
-    return summary.sort_values(["dataset", "backbone", *order, "task"],
-                               ascending=[True, True, *[False] * len(order), True],
-                               na_position="last", ignore_index=True)
+    summary = summary.sort_values(["dataset", "backbone", *order, "task"],
+                                  ascending=[True, True, *[False] * len(order), True],
+                                  na_position="last", ignore_index=True)
+    return compare_to_best(frame, summary)
+
+
+#: The paired comparison's resolution target: a difference of this many points.
+RESOLVE_POINTS = 2.0
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment (Holm 1979) of a family of p-values: the i-th
+    smallest of the m finite ones becomes max_{j ≤ i} min(1, (m − j + 1)·p_(j));
+    NaN stays NaN and is not counted in m. Returns a float array in input order."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    order = np.flatnonzero(~np.isnan(p))
+    order = order[np.argsort(p[order], kind="stable")]
+    scaled = (len(order) - np.arange(len(order))) * p[order]
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
+def seeds_to_resolve(std: float, points: float = RESOLVE_POINTS, level: float = 0.95,
+                     limit: int = 10_000) -> float:
+    """The smallest number of seeds n ≥ 2 whose paired confidence interval half-width
+    t_{(1+level)/2, n−1}·std/√n is at most ``points`` (same unit as ``std``, the
+    standard deviation of the per-seed differences), by iteration; NaN if ``std`` is
+    NaN, inf if more than ``limit`` seeds would be needed."""
+    if math.isnan(std):
+        return math.nan
+    for n in range(2, limit + 1):
+        if stats.t.ppf((1 + level) / 2, n - 1) * std / math.sqrt(n) <= points:
+            return float(n)
+    return math.inf
+
+
+def paired_difference(row: pd.Series, best: pd.Series, level: float = 0.95) -> dict:
+    """``row − best`` over the seeds both recorded (values indexed by seed): ``diff``
+    (mean), ``low``/``high`` (Student-t interval, :func:`confidence_interval`),
+    ``pairs`` (seeds shared), ``p`` (two-sided one-sample t-test of the differences
+    against 0; 1 when every difference is 0) and ``seeds`` (:func:`seeds_to_resolve`
+    at their standard deviation). All but ``pairs`` are NaN with fewer than 2 pairs."""
+    d = (row - best).dropna()
+    low, high = confidence_interval(d, level)
+    out = {"diff": d.mean() if len(d) else math.nan, "low": low, "high": high,
+           "pairs": len(d), "p": math.nan, "seeds": math.nan}
+    if len(d) >= 2:
+        std = float(d.std(ddof=1))
+        # t is ±inf or 0/0 when the differences are all equal: p is then 0, or 1 if all 0
+        out["p"] = (float(stats.ttest_1samp(d, 0.0).pvalue) if std > 0
+                    else float(out["diff"] == 0))
+        out["seeds"] = seeds_to_resolve(std, level=level)
+    return out
+
+
+def paired_metrics(summary: pd.DataFrame) -> list[str]:
+    """The headline accuracies compared between rows: k-NN top-1 (smallest k) and
+    linear top-1, those recorded."""
+    metrics = [m for m, _, _ in headline_metrics(summary)]
+    return [m for m in (knn_column(metrics), "linear_top1") if m in metrics]
+
+
+def compare_to_best(runs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (one row per configuration) with, for every :func:`paired_metrics`
+    metric ``m`` and per (dataset, backbone) group, each row compared with the
+    group's best row, paired by seed (tasks of one backbone start from the same
+    initialisation and data order at a given seed; rows of different backbones are
+    never paired). The best row has the highest ``<m>_mean`` among the pretext
+    tasks (among all rows if the group has only references). Added columns, in
+    points for ``m`` in %:
+
+    ``<m>_vs_best`` (mean of row − best over shared seeds), ``<m>_vs_best_low`` /
+    ``_high`` (95% t interval), ``<m>_vs_best_pairs``, ``<m>_vs_best_p``,
+    ``<m>_vs_best_p_holm`` (Holm over the group's compared rows), ``<m>_best``
+    (True on the best row), ``<m>_tied`` (True: not distinguishable from the best,
+    adjusted p ≥ 0.05, and for the best row itself; NaN: fewer than 2 shared seeds,
+    not tested) and ``<m>_seeds_for_2pt`` (:func:`seeds_to_resolve`)."""
+    summary = summary.copy()
+    for m in paired_metrics(summary):
+        for col in ("vs_best", "vs_best_low", "vs_best_high", "vs_best_pairs", "vs_best_p",
+                    "vs_best_p_holm", "seeds_for_2pt"):
+            summary[f"{m}_{col}"] = np.nan
+        summary[f"{m}_best"] = False
+        summary[f"{m}_tied"] = pd.Series([np.nan] * len(summary), summary.index, dtype=object)
+        for _, rows in summary.groupby(["dataset", "backbone"], dropna=False, sort=False):
+            _compare_group(runs, summary, rows, m)
+    return summary
+
+
+def _compare_group(runs: pd.DataFrame, summary: pd.DataFrame, rows: pd.DataFrame,
+                   m: str) -> None:
+    """Fill ``m``'s comparison columns of ``summary`` for the rows of one group."""
+    means = pd.to_numeric(rows[f"{m}_mean"], errors="coerce")
+    pretext = means[~rows["reference"].astype(bool)]
+    candidates = pretext if pretext.notna().any() else means
+    if candidates.isna().all():
+        return
+    best = candidates.idxmax()
+    per_seed = runs[(runs["dataset"] == rows.loc[best, "dataset"])
+                    & (runs["backbone"] == rows.loc[best, "backbone"])]
+    per_seed = per_seed.pivot(index="seed", columns="config_id", values=m).apply(
+        pd.to_numeric, errors="coerce")
+    others = [i for i in rows.index if i != best]
+    results = {i: paired_difference(per_seed[rows.loc[i, "config_id"]],
+                                    per_seed[rows.loc[best, "config_id"]]) for i in others}
+    adjusted = holm([results[i]["p"] for i in others])
+    for i, p_holm in zip(others, adjusted):
+        r = results[i]
+        summary.loc[i, [f"{m}_vs_best", f"{m}_vs_best_low", f"{m}_vs_best_high",
+                        f"{m}_vs_best_pairs", f"{m}_vs_best_p", f"{m}_vs_best_p_holm",
+                        f"{m}_seeds_for_2pt"]] = [r["diff"], r["low"], r["high"], r["pairs"],
+                                                   r["p"], p_holm, r["seeds"]]
+        summary.at[i, f"{m}_tied"] = np.nan if np.isnan(p_holm) else bool(p_holm >= 0.05)
+    summary.at[best, f"{m}_best"], summary.at[best, f"{m}_tied"] = True, True
 
 
 def headline_metrics(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
@@ -322,7 +435,8 @@ PRETEXT_HEADLINE = ("top1", "ab_top1", "psnr_db", "bits_per_dim", "loss")
 
 def _cell(row: pd.Series, metric: str, decimals: int) -> str:
     mean = row.get(f"{metric}_mean", np.nan)
-    if pd.isna(mean):
+    # a reference's gain over step 0 is 0 by construction (its step 0 is itself)
+    if pd.isna(mean) or (metric.startswith("gain_") and row.get("reference", False)):
         return "–"
     low, high = row.get(f"{metric}_ci95_low", np.nan), row.get(f"{metric}_ci95_high", np.nan)
     if pd.isna(low):
@@ -347,17 +461,32 @@ def pretext_cell(row: pd.Series) -> str:
     return "–"
 
 
+#: Training-compute columns of the readable table: (column, header).
+COMPUTE = [("train_backbone_passes", "backbone passes per image"),
+           ("train_gflops", "train compute (GFLOP)")]
+
+
+def _task_labels(summary: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Each row's task name, ``(ref.)`` on reference rows, and the options that tell
+    configurations of one task apart."""
+    names = [f"{t} (ref.)" if ref else t for t, ref in zip(summary["task"], summary["reference"])]
+    return [n + o for n, o in zip(names, _distinguishing_options(summary, keys))]
+
+
+def _number(value, spec: str) -> str:
+    return "–" if pd.isna(value) else format(value, spec)
+
+
 def leaderboard_markdown(summary: pd.DataFrame) -> str:
     """The :func:`headline_metrics` of an :func:`aggregate_seeds` table (95% CI) as
     Markdown: task (``ref.`` marks reference rows), backbone, dataset, n, then
-    ``mean ± CI half-width`` (just the mean when n = 1, ``–`` when not recorded). A
-    ``config_id`` column is added when one task/backbone/dataset has several
-    configurations."""
+    ``mean ± CI half-width`` (just the mean when n = 1, ``–`` when not recorded), the
+    training compute (:data:`COMPUTE`) where recorded, and below it the
+    :func:`paired_markdown` table. A ``config_id`` column is added when one
+    task/backbone/dataset has several configurations."""
     keys = ["task", "backbone", "dataset"]
     table = summary[keys + ["n"]].copy()
-    table["task"] = [f"{t} (ref.)" if ref else t for t, ref in zip(summary["task"],
-                                                                  summary["reference"])]
-    table["task"] += _distinguishing_options(summary, keys)
+    table["task"] = _task_labels(summary, keys)
     if summary.duplicated(keys).any():
         table.insert(3, "config_id", summary["config_id"])
     for metric, header, decimals in headline_metrics(summary):
@@ -366,13 +495,75 @@ def leaderboard_markdown(summary: pd.DataFrame) -> str:
             cells = [f"{name}: {cell}" if isinstance(name, str) and cell != "–" else cell
                      for name, cell in zip(summary["layer_best"], cells)]
         table[header] = cells
+    for column, header in COMPUTE:
+        if column in summary and pd.to_numeric(summary[column], errors="coerce").notna().any():
+            table[header] = [_number(v, ".3g") for v in pd.to_numeric(summary[column],
+                                                                       errors="coerce")]
     table["held-out pretext"] = [pretext_cell(row) for _, row in summary.iterrows()]
+    compute = ("; backbone passes per image: inputs (images, rotated copies, tiles, patches) "
+               "the backbone processes per training image in one step; train compute: "
+               "FLOPs of one measured training step (forward and backward, a multiply-add "
+               "counted as 2) × steps" if any(c in table for _, c in COMPUTE) else "")
     return (table.to_markdown(index=False, disable_numparse=True) + "\n\nmean ± half-width of "
             "the 95% Student-t confidence interval over n seeds (no interval when n = 1); "
-            "`–`: not measured; (ref.): a reference row, not a pretext task; gain over step 0: "
+            "`–`: not measured; (ref.): a reference row, not a pretext task (its gain over "
+            "step 0 is 0 by construction: `–`); gain over step 0: "
             "final minus the same run evaluated before its first optimizer step (same seed, "
             "same initialisation); †: that gain's interval includes 0, so the row is not "
-            "distinguishable from its own initialisation.\n")
+            "distinguishable from its own initialisation (one test per row, uncorrected)"
+            f"{compute}.\n" + paired_markdown(summary))
+
+
+def paired_markdown(summary: pd.DataFrame) -> str:
+    """The :func:`compare_to_best` columns of an :func:`aggregate_seeds` table as a
+    Markdown section: per (dataset, backbone) and headline accuracy, every row's
+    paired difference to the best row (mean ± 95% t half-width), the seeds paired,
+    raw and Holm-adjusted p, whether it is distinguishable from the best, and the
+    seeds that would resolve 2 points at the measured spread; ``""`` when nothing
+    was compared."""
+    keys = ["task", "backbone", "dataset"]
+    labels = _task_labels(summary, keys)
+    lines = []
+    for m in paired_metrics(summary):
+        if f"{m}_best" not in summary or not summary[f"{m}_best"].any():
+            continue
+        name = dict((c, h) for c, h, _ in headline_metrics(summary))[m]
+        for i, row in summary.iterrows():
+            best = bool(row[f"{m}_best"])
+            tied = row[f"{m}_tied"]
+            lines.append({
+                "dataset": row["dataset"], "backbone": row["backbone"], "task": labels[i],
+                "metric": name.replace(" (%)", ""),
+                "Δ to best (points)": "best" if best else _paired_cell(row, m),
+                "seeds paired": "–" if best else f"{row[f'{m}_vs_best_pairs']:.0f}",
+                "p": "–" if best else _number(row[f"{m}_vs_best_p"], ".3f"),
+                "p (Holm)": "–" if best else _number(row[f"{m}_vs_best_p_holm"], ".3f"),
+                "tied with best": "best" if best else "not tested" if pd.isna(tied)
+                else "yes" if tied else "no",
+                "seeds to resolve 2 points": "–" if best else
+                _number(row[f"{m}_seeds_for_2pt"], ".0f")})
+    if not lines:
+        return ""
+    table = pd.DataFrame(lines).sort_values(["dataset", "backbone", "metric"], kind="stable")
+    return ("\n### Rows compared with the best row, paired by seed\n\n"
+            + table.to_markdown(index=False, disable_numparse=True) + "\n\nPer dataset, "
+            "backbone and metric, each row minus the best pretext-task row (highest mean), "
+            "computed seed by seed over the seeds both have (tasks of one backbone share "
+            "their initialisation and data order at a seed; other backbones are not "
+            "paired): mean ± half-width of the 95% Student-t interval; p: two-sided paired "
+            "t-test; p (Holm): Holm-adjusted over the rows of the group, per metric; tied "
+            "with best: adjusted p ≥ 0.05, so the row is not distinguishable from the best "
+            "(not tested: fewer than 2 shared seeds); seeds to resolve 2 points: the "
+            "smallest n with t_{0.975,n−1}·s/√n ≤ 2, s the standard deviation of the "
+            f"paired differences measured here (the runs have n = "
+            f"{'/'.join(map(str, sorted(set(summary['n']))))}).\n")
+
+
+def _paired_cell(row: pd.Series, m: str) -> str:
+    diff, low, high = (row[f"{m}_vs_best{s}"] for s in ("", "_low", "_high"))
+    if pd.isna(diff):
+        return "–"
+    return f"{diff:.1f}" if pd.isna(low) else f"{diff:.1f} ± {(high - low) / 2:.1f}"
 
 
 def _distinguishing_options(summary: pd.DataFrame, keys: list[str]) -> list[str]:

@@ -253,9 +253,12 @@ def _write_report(out_dir: Path, paths, title: str, sweep_commands: list[str],
                 "configuration, mean over seeds; error bars: 95% Student-t CI (none for a "
                 "single seed); reference rows grey and hatched.")
     cost = draw(rf.cost_scatter(per_run), "accuracy_vs_cost.png",
-                "Top-1 accuracy (%) of every run against its pretraining cost: wall-clock "
-                "seconds (left) and images seen (right); one colour per task, hollow markers "
-                "for a task's further configurations in a panel.")
+                "Top-1 accuracy (%) of every run against its pretraining cost, side by side: "
+                "images seen (equal data), measured training GFLOPs (equal compute: forward "
+                "and backward of the whole task, so rotation's 4 rotated copies and jigsaw's "
+                "9 tiles count; results.json `cost.train_gflops`) and wall-clock seconds "
+                "(panels of costs no run recorded are left out); one colour per task, hollow "
+                "markers for a task's further configurations in a panel.")
     layer_rows = layer_frame(runs)
     layers = draw(rf.layer_curves(layer_rows), "layer_probes.png", LAYER_CAPTION + (
         LAYER_REFERENCES if not rf.layer_references(layer_rows).empty else ""))

@@ -129,24 +129,30 @@ def _variants(frame: pd.DataFrame) -> list[int]:
     return [rank[n] for n in frame["_label"]]
 
 
+#: The cost axes of :func:`cost_scatter`, left to right: (column, axis label).
+COSTS = [("images_seen", "equal data: pretraining images seen (images)"),
+         ("train_gflops", "equal compute: pretraining GFLOP (forward + backward)"),
+         ("train_seconds", "pretraining wall-clock time (s)")]
+
+
 def cost_scatter(runs: pd.DataFrame):
-    """k-NN (●) and linear (▲) top-1 (%) of every run against its pretraining cost:
-    wall-clock train seconds (left) and images seen (right); one row of panels per
-    dataset, one colour per task (:func:`task_colour`), the second and further
-    configurations of a task hollow. ``None`` if no run recorded both."""
-    costs = [("train_seconds", "pretraining wall-clock time (s)"),
-             ("images_seen", "pretraining images seen (images)")]
+    """k-NN (●) and linear (▲) top-1 (%) of every run against its pretraining cost,
+    side by side (:data:`COSTS`): images seen (the equal-data view), measured training
+    GFLOPs (``train_gflops``, the equal-compute view: rotation's 4 copies and jigsaw's
+    9 tiles count) and wall-clock seconds; one row of panels per dataset, one colour
+    per task (:func:`task_colour`), the second and further configurations of a task
+    hollow. ``None`` if no run recorded an accuracy and a cost."""
     runs = runs.assign(_label=_labels(runs))
     series = [(metric, name) for metric, name, _, _ in _series(runs.columns)]
     has_acc = np.logical_or.reduce([_numeric(runs, m).notna() for m, _ in series])
-    runs = runs[has_acc & (_numeric(runs, "train_seconds").notna()
-                           | _numeric(runs, "images_seen").notna())]
+    runs = runs[has_acc & np.logical_or.reduce([_numeric(runs, c).notna() for c, _ in COSTS])]
     if runs.empty:
         return None
+    costs = [(c, x) for c, x in COSTS if _numeric(runs, c).notna().any()]
     runs = runs.assign(_hollow=[v > 0 for v in _variants(runs)])
     datasets = _datasets(runs)
-    fig, axes = plt.subplots(len(datasets), 2, squeeze=False, layout="constrained",
-                             figsize=(11, 3.6 * len(datasets)))
+    fig, axes = plt.subplots(len(datasets), len(costs), squeeze=False, layout="constrained",
+                             figsize=(5.5 * len(costs), 3.6 * len(datasets)))
     for row, dataset in zip(axes, datasets):
         part = runs[runs["dataset"] == dataset]
         colours = [task_colour(t) for t in part["task"]]

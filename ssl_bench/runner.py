@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
@@ -22,7 +23,7 @@ from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 from ssl_bench.core.figures import pyplot, save_figure
 from ssl_bench.core.images import to_float
 from ssl_bench.core.memory import peak_memory, reset_peak_memory
-from ssl_bench.core.precision import resolve_precision
+from ssl_bench.core.precision import autocast, resolve_precision
 from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0, RunLock,
                                    atomic_torch_save, atomic_write_json, atomic_write_yaml,
@@ -89,6 +90,61 @@ def backbone_gflops(task: PretextTask, spec, device: torch.device) -> float | No
     except Exception:  # a backbone the counter cannot trace is reported without FLOPs
         return None
     return counter.get_total_flops() / 2 / 1e9
+
+
+def _input_layer(backbone: torch.nn.Module) -> torch.nn.Module | None:
+    """The backbone's first module with weights (its stem convolution or patch
+    embedding): every image, rotated copy, tile or patch the backbone processes goes
+    through it, whichever of forward / feature_map / forward_stages the task calls."""
+    return next((m for m in backbone.modules()
+                 if not list(m.children()) and list(m.parameters(recurse=False))), None)
+
+
+def training_compute(task: PretextTask, trainer: Trainer, optims: list[OptimConfig],
+                     steps: int) -> dict[str, float | None]:
+    """Measured training compute of a run, from one training step (forward, backward
+    and optimizer step) of a copy of ``task`` with fresh optimizers on the run's first
+    batch (:meth:`Trainer.first_batch`), under :func:`held_out_rng`: the run's task,
+    optimizers and random draws are untouched, so the run is the same with or without
+    this measurement.
+
+    Returns:
+        ``train_backbone_passes``: inputs (images, rotated copies, tiles, patches) the
+        backbone's input layer processed per training image in that step;
+        ``train_gflops_per_step``: GFLOPs of that step over all ranks
+        (``torch.utils.flop_counter``, a multiply-add counted as 2 FLOPs);
+        ``train_gflops``: that × ``steps``. All 0 for a task that does not train; all
+        None (said on stderr) where the step cannot be measured (SyncBatchNorm under
+        ``torchrun``, a module the counter cannot trace).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not trainer.optimizers:  # an untrained reference: nothing was trained
+        return {"train_backbone_passes": 0.0, "train_gflops_per_step": 0.0, "train_gflops": 0.0}
+    unmeasured = dict.fromkeys(["train_backbone_passes", "train_gflops_per_step",
+                                "train_gflops"])
+    if any(isinstance(m, torch.nn.SyncBatchNorm) for m in task.modules()):
+        # its forward would wait for the other ranks, which are not stepping
+        print("warning: training compute not measured (SyncBatchNorm)", file=sys.stderr)
+        return unmeasured
+    passes = []
+    try:
+        with held_out_rng():
+            clone = copy.deepcopy(task)
+            x, extra = trainer.first_batch()
+            stem = _input_layer(clone.backbone)
+            hook = stem.register_forward_pre_hook(lambda _, args: passes.append(len(args[0])))
+            counter = FlopCounterMode(display=False)
+            with counter, autocast(trainer.precision, trainer.device):
+                clone.training_step(x, clone.configure_optimizers(optims), **extra)
+            hook.remove()
+    except Exception as exc:  # an op the counter cannot trace: no number, not a wrong one
+        print(f"warning: training compute not measured ({exc.__class__.__name__}: {exc})",
+              file=sys.stderr)
+        return unmeasured
+    per_step = counter.get_total_flops() * trainer.world / 1e9  # this rank's shard → all
+    return {"train_backbone_passes": sum(passes) / len(x), "train_gflops_per_step": per_step,
+            "train_gflops": per_step * steps}
 
 
 def _check_out(out: str) -> None:
@@ -342,7 +398,8 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, work: Path, task: Pret
                      "task_params": count_parameters(task),
                      "backbone_gflops_per_image": backbone_gflops(task, spec, device),
                      "feature_dim": int(test_x.shape[1]), "device": str(device),
-                     "precision": precision, "world_size": world, **memory},
+                     "precision": precision, "world_size": world, **memory,
+                     **training_compute(task, trainer, optims, stats.steps)},
             "summary": task.summary(), "config": settings, "command": config.command,
             "figures": figures, "feature_sample": sample,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -272,6 +272,14 @@ class Trainer:
         extra = {} if self.labels is None else {"labels": self.labels[idx]}
         return (random_hflip(x) if self.hflip else x), extra
 
+    def first_batch(self) -> tuple[torch.Tensor, dict]:
+        """This rank's shard of the first batch of epoch 0, as :meth:`fit` makes it
+        (``(B / world, C, H, W)`` float, flipped where the data is), and its targets.
+        The flip draws from torch's generator: call it under
+        :func:`~tasks.base.held_out_rng` to leave training's draws as they are."""
+        order = epoch_order(len(self.images), self.config.seed, 0).to(self.device)
+        return self._batch(order, 0)
+
     def fit(self, resume: bool = False) -> TrainStats:
         """Train until ``config.epochs`` are done.
 

@@ -176,3 +176,18 @@ def test_configurations_of_one_task_are_labelled_by_the_options_they_differ_in(t
     assert "context-encoder (adversarial=false)" in md
     assert "context-encoder (adversarial=true)" in md
     assert "| jigsaw " in md and "mask=" not in md  # a shared option labels nothing
+
+
+def test_a_reference_gain_over_step0_is_a_dash_not_a_dagger(tmp_path):
+    """A reference's step 0 is itself: its gain is 0 by construction, not a finding."""
+    for seed in range(3):
+        step0 = {"metrics": {"knn_top1_k20": 30.0 + seed, "linear_top1": 40.0 + seed}}
+        _fake_run(tmp_path, f"ri{seed}", "random-init", 30.0 + seed, seed=seed,
+                  linear=40.0 + seed, step0=step0)
+    md = leaderboard_markdown(aggregate_seeds(leaderboard_frame([tmp_path])))
+    row = next(line for line in md.splitlines() if line.startswith("| random-init"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    header = next(line for line in md.splitlines() if line.startswith("| task"))
+    gain = [c.strip() for c in header.split("|")[1:-1]].index(
+        "linear top-1 gain over step 0 (points)")
+    assert cells[gain] == "–" and "†" not in row
