@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 from torch import nn
 
@@ -68,6 +70,44 @@ class Backbone(nn.Module):
         finally:
             self.train(was_training)
         return tuple(fmap.shape[1:])
+
+    @torch.no_grad()
+    def smallest_side(self, start: int, min_map: int, limit: int = 1024) -> int:
+        """The smallest input side ≥ ``start`` px at which every map of
+        :meth:`forward_stages` is at least ``min_map`` × ``min_map``, found by forward
+        passes on zeros in eval mode (as :meth:`feature_map_shape`), doubling then
+        bisecting; map sides must not shrink as the input grows. A side the backbone
+        cannot process counts as too small (convnet: 8 → 17 px for 3×3 maps, as each
+        stride-2 stage gives ⌈side / 2⌉).
+
+        Raises:
+            IncompatibleError: if no side up to ``limit`` px is large enough.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            high = start
+            while not self._maps_reach(high, min_map):
+                if high >= limit:
+                    raise IncompatibleError(
+                        f"the backbone's stages give maps under {min_map}×{min_map} on inputs "
+                        f"of up to {limit} px; use another backbone")
+                high *= 2
+            sides = range(start, high + 1)
+            return sides[bisect.bisect_left(sides, True,
+                                            key=lambda s: self._maps_reach(s, min_map))]
+        finally:
+            self.train(was_training)
+
+    def _maps_reach(self, side: int, min_map: int) -> bool:
+        """Whether every stage map of a ``side`` px input is at least ``min_map`` px a side
+        (``False`` if the backbone cannot process that size)."""
+        device = next(self.parameters(), torch.empty(0)).device
+        try:
+            stages = self.forward_stages(torch.zeros(1, self.in_chans, side, side, device=device))
+        except RuntimeError:
+            return False
+        return min(min(stage.shape[-2:]) for stage in stages) >= min_map
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The deepest spatial features ``(N, feature_channels, h, w)`` (decoders use it)."""

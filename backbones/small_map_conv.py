@@ -1,7 +1,8 @@
 """A 3×3 convolution that turns into one matrix product on maps of a few pixels.
 
-Jigsaw and relative-patch tiles of 7–10 px shrink to 2×2 and 1×1 maps in a CNN's
-last stages. There most of a kernel's taps fall on the zero padding, and oneDNN's
+Jigsaw and relative-patch tiles, which the backbone sees at 17 px, shrink to 5×5 and
+3×3 maps in a CNN's last stages (at their source size of 7–10 px they would reach
+2×2 and 1×1). There many of a kernel's taps fall on the zero padding, and oneDNN's
 convolution (its backward above all, and bf16 worst) runs at a small fraction of
 the machine's matmul speed. Written as a dense ``(Ho·Wo·O, H·W·C)`` matrix, the
 same convolution is one matmul with no more multiply-adds than the kernel's

@@ -1,18 +1,28 @@
 """Building blocks that several pretext tasks share, one meaning per name: the
 convolutional decoder (from a feature map or from a latent vector), PSNR, two
-per-sample standardisations, square crops and constant tensors kept on each device.
+per-sample standardisations, square crops, the backbone for small tiles and the
+resize to its side, and constant tensors kept on each device.
 This module registers no task."""
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.base import Backbone
+
+if TYPE_CHECKING:
+    from tasks.base import BackboneFactory, PretextTask
+
 DECODER_MIN_SIDE = 4  # side of a latent decoder's first feature map (DCGAN starts at 4×4)
+# Smallest map side of every backbone stage on tiles: on 3×3 maps each tap of a 3×3
+# convolution meets a pixel somewhere; on 1×1 maps 8 of 9 taps meet only padding.
+TILE_MIN_MAP = 3
 
 
 @functools.lru_cache(maxsize=64)
@@ -203,3 +213,28 @@ def crop_squares(images: torch.Tensor, corners: torch.Tensor, size: int) -> torc
     batch_index = torch.arange(n, device=images.device).view(n, 1, 1, 1, 1)
     channel_index = torch.arange(c, device=images.device).view(1, 1, c, 1, 1)
     return images[batch_index, channel_index, rows, cols]
+
+
+def tile_backbone(task: PretextTask, make_backbone: BackboneFactory, tile: int) -> Backbone:
+    """The backbone for ``tile`` px tiles or patches, built (``task.build_backbone``) for
+    the side it is fed them at: the smallest side ≥ ``tile`` at which every stage map is
+    at least :data:`TILE_MIN_MAP` px a side (``Backbone.smallest_side``; convnet 7–10 px
+    → 17 px). The Noroozi & Favaro release enlarges its 64 px tiles to 75 px for the same
+    reason. The sizing probe is built under a forked RNG, so the backbone's initial
+    weights are those one build would draw. Read the side back as ``img_size``.
+
+    Raises:
+        IncompatibleError: as ``task.build_backbone``, or no side gives such maps.
+    """
+    with torch.random.fork_rng(devices=[]):
+        side = make_backbone(img_size=tile).smallest_side(tile, TILE_MIN_MAP)
+    return task.build_backbone(make_backbone, img_size=side)
+
+
+def resize_tiles(tiles: torch.Tensor, side: int) -> torch.Tensor:
+    """``(M, C, t, t)`` tiles enlarged to ``(M, C, side, side)`` (bilinear, half-pixel
+    centres, no antialiasing: that only matters when shrinking); the same tensor when
+    ``t == side``."""
+    if tiles.shape[-1] == side:
+        return tiles
+    return F.interpolate(tiles, size=(side, side), mode="bilinear", align_corners=False)

@@ -21,7 +21,7 @@ from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import check_range, option, refuse_at_image_size
-from tasks.blocks import crop_squares, standardize
+from tasks.blocks import crop_squares, resize_tiles, standardize, tile_backbone
 from tasks.color import rgb_to_luma
 
 GRID = 3
@@ -133,10 +133,10 @@ class Jigsaw(PretextTask):
     concatenated (1152) → ``hidden_dim`` = 512 with ReLU → N logits, so the head stays
     smaller than the backbone it trains (convnet: D = 256).
 
-    ``backbone_family = "cnn"``: the backbone is built at the tile size and evaluated
-    on whole images (``features``: ``(N, D)``, each image standardised by its own mean
-    and std as tiles are), which a ViT's fixed position embedding cannot take.
-    """
+    ``backbone_family = "cnn"``: the backbone sees tiles enlarged to ``input_size``
+    (:func:`tasks.blocks.tile_backbone`: 8 → 17 px on convnet, so no stage has maps
+    under 3×3) and is evaluated on whole images (``features``: ``(N, D)``, each
+    standardised by its own mean and std as tiles are), which a ViT cannot take."""
 
     paper = "Noroozi & Favaro, ECCV 2016, §3, §4.1"
     tune_knob = ({}, {"num_permutations": 30})  # puzzle difficulty (Table 3 compares set sizes)
@@ -161,7 +161,8 @@ class Jigsaw(PretextTask):
     def __init__(self, make_backbone: BackboneFactory, spec, options: Options) -> None:
         super().__init__(make_backbone, spec, options)
         self.cell_size, self.tile_size = tile_geometry(spec.image_size, options.tile_ratio)
-        self.backbone = self.build_backbone(make_backbone, img_size=self.tile_size)
+        self.backbone = tile_backbone(self, make_backbone, self.tile_size)
+        self.input_size = self.backbone.img_size  # s, the side the backbone sees tiles at
         permutations = max_hamming_permutations(options.num_permutations, options.permutation_seed)
         self.register_buffer("permutations", torch.from_numpy(permutations))  # (N_perm, 9)
         self.tile_fc = nn.Sequential(nn.Linear(self.backbone.num_features, options.tile_dim),
@@ -196,10 +197,11 @@ class Jigsaw(PretextTask):
         return tiles[batch, order], labels                     # (N, 9, C, t, t), (N,)
 
     def logits(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Permutation logits ``(N, N_perm)`` of shuffled tiles ``(N, 9, C, t, t)`` in
-        [0, 1]: one backbone call over all N·9 tiles, each standardised on its own."""
+        """Permutation logits ``(N, N_perm)`` of shuffled tiles ``(N, 9, C, t, t)`` in [0, 1]:
+        one backbone call on all N·9 tiles, each enlarged to s px and standardised alone."""
         n = tiles.shape[0]
-        tiles = standardize(tiles.flatten(0, 1), MIN_TILE_STD)  # (N·9, C, t, t)
+        tiles = resize_tiles(tiles.flatten(0, 1), self.input_size)  # (N·9, C, s, s)
+        tiles = standardize(tiles, MIN_TILE_STD)                # (N·9, C, s, s)
         features = self.backbone(tiles)                         # (N·9, D_backbone)
         per_tile = self.tile_fc(features)                       # (N·9, D), D = tile_dim
         puzzles = per_tile.view(n, -1)                          # (N, 9·D), positions in order
@@ -240,8 +242,8 @@ class Jigsaw(PretextTask):
 
     def summary(self) -> dict:
         """Adds the permutation set's mean/minimum pairwise Hamming distance and the
-        puzzle geometry in pixels."""
-        mean_distance, min_distance = hamming_statistics(self.permutations.cpu().numpy())
+        puzzle geometry in pixels (``input_size``: the side the backbone sees tiles at)."""
+        mean, minimum = hamming_statistics(self.permutations.cpu().numpy())
         return {**super().summary(), "num_permutations": len(self.permutations),
-                "hamming_mean": mean_distance, "hamming_min": min_distance,
-                "cell_size": self.cell_size, "tile_size": self.tile_size}
+                "hamming_mean": mean, "hamming_min": minimum, "cell_size": self.cell_size,
+                "tile_size": self.tile_size, "input_size": self.input_size}

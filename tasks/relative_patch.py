@@ -14,7 +14,7 @@ from ssl_bench.core.figures import image_rows
 from ssl_bench.core.registry import TASKS
 from tasks.base import BackboneFactory, Logs, OptimConfig, PretextTask
 from tasks.options import option
-from tasks.blocks import center_channels, crop_squares, device_tensor
+from tasks.blocks import center_channels, crop_squares, device_tensor, resize_tiles, tile_backbone
 from tasks.pixelation import pixelate
 
 # (row, column) offset of each neighbour from the centre patch, by label (paper's Fig. 2).
@@ -117,7 +117,9 @@ class RelativePatch(PretextTask):
     ``mlp_dim``; fc7–fc9 (paper: 4096, 4096, 8) on the concatenated pair predict the
     position; the MLP's batch norms have no scale or shift (§4). Features: the pooled
     backbone on the whole image, normalised as patches are. ``backbone_family = "cnn"``:
-    the backbone, built at the patch size, also takes whole images (a ViT cannot)."""
+    the backbone sees patches enlarged to ``input_size`` (:func:`tasks.blocks.tile_backbone`:
+    7 → 17 px on convnet, so no stage has maps under 3×3) and also takes whole images
+    (a ViT cannot)."""
 
     paper = "Doersch, Gupta & Efros, ICCV 2015, §3–4"
     tune_knob = ({}, {"color_handling": "project"})  # chromatic-aberration guard (§3.1)
@@ -142,7 +144,8 @@ class RelativePatch(PretextTask):
         super().__init__(make_backbone, spec, options)
         self.geometry = patch_geometry(spec.image_size, options.patch_size, options.gap_ratio,
                                        options.jitter_ratio)
-        self.backbone = self.build_backbone(make_backbone, img_size=self.geometry.patch)
+        self.backbone = tile_backbone(self, make_backbone, self.geometry.patch)
+        self.input_size = self.backbone.img_size  # s, the side the backbone sees patches at
         h = options.mlp_dim
         self.fc6 = nn.Sequential(nn.Linear(self.backbone.num_features, h),
                                  nn.BatchNorm1d(h, affine=False), nn.ReLU(inplace=True))
@@ -163,25 +166,27 @@ class RelativePatch(PretextTask):
 
     def prepare(self, patches: torch.Tensor) -> torch.Tensor:
         """Shortcut guards of §3.1 on ``(M, C, p, p)`` patches in [0, 1]: pixelation,
-        colour handling (3 channels only), per-patch normalisation. Same shape."""
+        colour handling (3 channels only); then the patches enlarged to ``(M, C, s, s)``,
+        s = ``input_size``, and normalised one by one."""
         o = self.options
         patches = pixelate(patches, o.pixelate_prob, o.pixelate_min_area)   # (M, C, p, p)
         if patches.shape[1] == 3 and o.color_handling == "drop":
             patches = drop_color(patches, o.drop_noise_ratio)               # (M, 3, p, p)
         elif patches.shape[1] == 3 and o.color_handling == "project":
             patches = project_color(patches)                                # (M, 3, p, p)
-        return center_channels(patches, NORM_EPS)                           # (M, C, p, p)
+        patches = resize_tiles(patches, self.input_size)                    # (M, C, s, s)
+        return center_channels(patches, NORM_EPS)                           # (M, C, s, s)
 
     def make_grid(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prepared grids ``(N, 9, C, p, p)``, labels ``(N, 8)``, corners ``(N, 9, C, 2)``
+        """Prepared grids ``(N, 9, C, s, s)``, labels ``(N, 8)``, corners ``(N, 9, C, 2)``
         of ``(N, C, H, W)`` images (:func:`sample_grid`, then :meth:`prepare` per patch)."""
         patches, labels, corners = sample_grid(images, self.geometry)    # (N, 9, C, p, p)
-        flat = self.prepare(patches.flatten(0, 1))                       # (9N, C, p, p)
-        return flat.view_as(patches), labels, corners                    # (N, 9, C, p, p)
+        flat = self.prepare(patches.flatten(0, 1))                       # (9N, C, s, s)
+        return flat.unflatten(0, patches.shape[:2]), labels, corners     # (N, 9, C, s, s)
 
     def logits(self, grids: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, 8, 8)`` (image, pair k, position) of prepared grids ``(N, 9, C, p,
-        p)``: one backbone call on all 9N patches, fc6 each, fc7–fc9 on each pair."""
+        """Logits ``(N, 8, 8)`` (image, pair k, position) of prepared grids ``(N, 9, C, s,
+        s)``: one backbone call on all 9N patches, fc6 each, fc7–fc9 on each pair."""
         embeddings = self.fc6(self.backbone(grids.flatten(0, 1)))        # (9N, h)
         grid = embeddings.unflatten(0, (len(grids), 9))                  # (N, 9, h)
         centre = grid[:, :1].expand(-1, len(NEIGHBOUR_OFFSETS), -1)      # (N, 8, h)
@@ -191,7 +196,7 @@ class RelativePatch(PretextTask):
     def loss(self, images: torch.Tensor) -> tuple[torch.Tensor, Logs]:
         """8-way cross-entropy (nats) of each neighbour's position, mean over the 8N pairs
         of ``(N, C, H, W)`` images in [0, 1]; logs ``top1`` over all pairs (%, chance 12.5)."""
-        prepared, labels, _ = self.make_grid(images)                     # (N, 9, C, p, p)
+        prepared, labels, _ = self.make_grid(images)                     # (N, 9, C, s, s)
         logits = self.logits(prepared)                                   # (N, 8, 8)
         top1 = (logits.argmax(2) == labels).float().mean() * 100
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten()), {"top1": top1.detach()}
@@ -207,13 +212,14 @@ class RelativePatch(PretextTask):
         from matplotlib.patches import Rectangle
 
         g = self.geometry
-        prepared, labels, corners = self.make_grid(images)              # (N, 9, C, p, p)
+        prepared, labels, corners = self.make_grid(images)              # (N, 9, C, s, s)
         right = self.logits(prepared).argmax(2) == labels               # (N, 8)
-        raster = 0.5 + 0.2 * prepared[:, [1, 2, 3, 4, 0, 5, 6, 7, 8]]   # (N, 9, C, p, p) row-major
+        raster = 0.5 + 0.2 * prepared[:, [1, 2, 3, 4, 0, 5, 6, 7, 8]]   # (N, 9, C, s, s) row-major
         framed = F.pad(raster, (1, 1, 1, 1), value=1.0).unflatten(1, (3, 3))  # (N, 3, 3, C, s, s)
         grids = framed.permute(0, 3, 1, 4, 2, 5).flatten(4, 5).flatten(2, 3)   # (N, C, 3s, 3s)
         fig = image_rows([("image", images), ("patches", grids)], title=(
-            f"relative-patch: patch {g.patch} px, gap {g.gap} px, jitter ±{g.jitter} px"))
+            f"relative-patch: patch {g.patch} px (seen at {self.input_size} px), gap {g.gap} px, "
+            f"jitter ±{g.jitter} px"))
         for i, ax in enumerate(fig.axes[:len(images)]):
             for k in range(9):
                 row, col = corners[i, k, 0].tolist()
@@ -225,6 +231,8 @@ class RelativePatch(PretextTask):
         return fig
 
     def summary(self) -> dict:
-        """Adds the patch layout in pixels."""
+        """Adds the patch layout in pixels (``input_size``: the side the backbone sees
+        patches at)."""
         g = self.geometry
-        return {**super().summary(), "patch_size": g.patch, "gap": g.gap, "jitter": g.jitter}
+        return {**super().summary(), "patch_size": g.patch, "gap": g.gap, "jitter": g.jitter,
+                "input_size": self.input_size}

@@ -127,8 +127,9 @@ def test_shapes(spec):
     n, c, s = 5, spec.channels, spec.image_size
     x = torch.rand(n, c, s, s)
     prepared, labels, corners = task.make_grid(x)
-    p = task.geometry.patch
-    assert prepared.shape == (n, 9, c, p, p) and labels.shape == (n, 8)
+    side = task.input_size  # patches of 7 and 6 px, enlarged to the backbone's side
+    assert side == task.backbone.img_size == 17 and task.summary()["input_size"] == 17
+    assert prepared.shape == (n, 9, c, side, side) and labels.shape == (n, 8)
     assert corners.shape == (n, 9, c, 2)
     assert task.logits(prepared).shape == (n, 8, 8)  # (image, pair k, position)
     task.eval()
@@ -185,6 +186,17 @@ def test_summary_reports_the_layout():
     summary = make().summary()
     assert (summary["patch_size"], summary["gap"], summary["jitter"]) == (7, 3, 1)
     assert set(summary["parameters"]) == {"backbone", "fc6", "fusion"}
+
+
+def test_every_backbone_tap_learns_from_one_step():
+    """32 px images give 7 px patches, which a backbone fed at that size shrinks to 1×1
+    maps in its last stage, where 8 of 9 taps of a 3×3 convolution see only zero padding."""
+    task = build_task("relative-patch", "convnet", RGB)  # default options and width
+    task.training_step(torch.rand(8, 3, 32, 32), task.configure_optimizers(task.default_optim(8)))
+    dead = [name for name, conv in task.backbone.named_modules()
+            if isinstance(conv, torch.nn.Conv2d)
+            and not (conv.weight.grad.abs().sum(dim=(0, 1)) > 0).all()]
+    assert dead == []
 
 
 def test_vit_backbones_are_refused():
