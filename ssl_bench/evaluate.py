@@ -4,7 +4,8 @@ feature pass over the labelled and test images, and the evaluation protocol.
 The runner calls :func:`evaluate_frozen` twice per run: before the first optimizer
 step (the run's **step-0 reference**: the same task, seed and initialisation,
 untrained) and after training; the leaderboard reports each row's gain over its
-own initialisation.
+own initialisation. Every task is scored on its backbone's pooled output and
+stages; a task's own representation (a code, μ) is scored besides (``code_*``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def recalibrated_batchnorm(task: PretextTask, images: torch.Tensor, batch_size: 
 def evaluate_frozen(task: PretextTask, data: EvalData, protocol: Protocol,
                     settings: EvalSettings, seed: int, device: torch.device
                     ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Evaluate the task's frozen features (eval mode, no gradients).
+    """Evaluate the task's frozen features (eval mode, no gradients): held-out pretext
+    metrics, the protocol on the pooled backbone features and its stages, and, for a
+    task with a representation of its own (:meth:`PretextTask.task_features`), every
+    evaluator on it (``code_*`` metrics).
 
     Returns:
         A record ``{"metrics", "layers", "layer_best", "pretext", "eval_seconds"}``
@@ -114,18 +118,42 @@ def evaluate_frozen(task: PretextTask, data: EvalData, protocol: Protocol,
     with autocast(settings.precision, device):  # as in training: the losses stay fp32
         pretext = task.held_out_metrics(to_float(chunk.to(device)) for chunk
                                         in data.pretext_images.split(settings.batch_size))
+    has_code = type(task).task_features is not PretextTask.task_features
     with (recalibrated_batchnorm(task, data.train_images, settings.batch_size, device)
           if settings.bn_recalibrate else nullcontext()):
-        (train_x, train_stages), (test_x, test_stages) = (
-            _encode(task, images, settings, device, split)
-            for images, split in ((data.train_images, "train"), (data.test_images, "test")))
+        part, test_x = _backbone_part(task, data, protocol, settings, seed, device)
+        code = _code_metrics(task, data, protocol, settings, seed, device) if has_code else {}
+    record = {"metrics": {**part["metrics"], **code}, "layers": part["layers"],
+              "layer_best": part["layer_best"], "pretext": _rounded(pretext),
+              "eval_seconds": round(time.perf_counter() - start, 2)}
+    return record, test_x
+
+
+def _backbone_part(task: PretextTask, data: EvalData, protocol: Protocol,
+                   settings: EvalSettings, seed: int, device: torch.device
+                   ) -> tuple[dict[str, Any], torch.Tensor]:
+    """The protocol on the pooled backbone features and stages: ``{"metrics", "layers",
+    "layer_best"}`` (rounded) and the test features."""
+    (train_x, train_stages), (test_x, test_stages) = (
+        _encode(task, images, settings, device, split)
+        for images, split in ((data.train_images, "train"), (data.test_images, "test")))
     result = protocol.evaluate(train_x, data.train_labels, test_x, data.test_labels,
                                data.num_classes, seed, train_stages, test_stages,
                                task.backbone.stage_names)
-    record = {"metrics": _rounded(result.metrics), "layers": [_rounded(r) for r in result.layers],
-              "layer_best": result.layer_best, "pretext": _rounded(pretext),
-              "eval_seconds": round(time.perf_counter() - start, 2)}
-    return record, test_x
+    return {"metrics": _rounded(result.metrics), "layers": [_rounded(r) for r in result.layers],
+            "layer_best": result.layer_best}, test_x
+
+
+def _code_metrics(task: PretextTask, data: EvalData, protocol: Protocol,
+                  settings: EvalSettings, seed: int, device: torch.device) -> dict[str, float]:
+    """:meth:`Protocol.evaluate_code` on :meth:`PretextTask.task_features` (rounded)."""
+    autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
+    train_c, test_c = (extract_features(task.task_features, images, settings.batch_size, device,
+                                        autocast_dtype, progress=f"{split} code")
+                       for images, split in ((data.train_images, "train"),
+                                             (data.test_images, "test")))
+    return _rounded(protocol.evaluate_code(train_c, data.train_labels, test_c, data.test_labels,
+                                           data.num_classes, seed))
 
 
 def _encode(task: PretextTask, images: torch.Tensor, settings: EvalSettings,
