@@ -35,6 +35,9 @@ from ssl_bench.core.rundir import atomic_write_json
 from ssl_bench.provenance import versions
 from tasks.base import PretextTask
 
+#: The folder that holds the project's packages (whose source :func:`frozen_key` hashes).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 
 @dataclass
 class EvalData:
@@ -226,7 +229,10 @@ def frozen_key(task: PretextTask, data: EvalData, protocol: Protocol, settings: 
             digest.update(part)
 
     cls = type(task)
-    add("frozen-v1", _code_version(cls, type(task.backbone)))
+    files = {Path(inspect.getfile(c)).resolve() for c in (cls, type(task.backbone))}
+    # a plugin's task or backbone lies outside the project's source: its file too
+    add("frozen-v1", _code_version(),
+        sorted(f.read_bytes() for f in files if not f.is_relative_to(PROJECT_ROOT)))
     add(f"{type(task.backbone).__module__}.{type(task.backbone).__qualname__}", str(task.backbone))
     for name, tensor in [*task.backbone.named_parameters(), *task.backbone.named_buffers()]:
         add(name, tensor)
@@ -240,6 +246,7 @@ def frozen_key(task: PretextTask, data: EvalData, protocol: Protocol, settings: 
     add(str(device), torch.get_num_threads(), torch.get_float32_matmul_precision(),
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
         torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     return digest.hexdigest()
 
@@ -252,19 +259,19 @@ def _settings_of(obj: Any) -> Any:
 
 
 @functools.cache
-def _code_version(*classes: type) -> tuple[str, dict[str, str]]:
+def _code_version() -> tuple[str, dict[str, str]]:
     """The sha256 of the project's source (every ``.py`` of ``ssl_bench``, ``eval``,
-    ``tasks``, ``backbones``, and the files that define ``classes``, e.g. a plugin task)
-    and the library versions: a git commit would miss uncommitted edits."""
-    root = Path(__file__).resolve().parents[1]
-    files = {path for package in ("ssl_bench", "eval", "tasks", "backbones")
-             for path in (root / package).rglob("*.py")}
-    files.update(Path(inspect.getfile(cls)).resolve() for cls in classes)
+    ``tasks``, ``backbones``) and the library versions (faiss's too: it runs the k-NN
+    search), read once per process, so that it describes the code the process
+    imported; a git commit would miss uncommitted edits."""
+    import faiss
+
     digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path).encode())
+    for path in sorted(path for package in ("ssl_bench", "eval", "tasks", "backbones")
+                       for path in (PROJECT_ROOT / package).rglob("*.py")):
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest(), versions()
+    return digest.hexdigest(), {**versions(), "faiss": faiss.__version__}
 
 
 def _read_cached(path: Path | None) -> dict[str, Any] | None:
@@ -275,8 +282,10 @@ def _read_cached(path: Path | None) -> dict[str, Any] | None:
         part = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return part if isinstance(part, dict) and {"metrics", "layers", "layer_best"} <= part.keys() \
-        else None
+    if not isinstance(part, dict) or not {"metrics", "layers", "layer_best"} <= part.keys():
+        return None
+    print(f"eval backbone features and probes: from the cache, {path}", file=sys.stderr)
+    return part
 
 
 def _write_cached(path: Path | None, part: dict[str, Any]) -> None:
