@@ -18,6 +18,12 @@
   held-out split of the labelled train images); ``layer_best_linear_top1`` is
   that layer's test top-1, ``layer_last_linear_top1`` the deepest layer's.
 
+All of the above score every task on the same representation: its backbone's pooled
+output and stages. A task with a representation of its own (an autoencoder's code,
+the VAE's μ) has it scored besides, by every evaluator with all labels, in metrics
+named ``code_<metric>`` (:meth:`Protocol.evaluate_code`), so that a reader can set
+the code against the backbone it is computed from.
+
 Every probe picks its L2 penalty on a validation split of its own labelled
 train images (see :class:`eval.linear.LinearProbe`); the test
 split takes part in no choice: not the probe settings, not the low-shot
@@ -36,6 +42,8 @@ from eval.progress import phase
 from ssl_bench.core.subsets import balanced_subset_indices
 from ssl_bench.core.errors import OptionError
 
+#: Prefix of the metrics of a task's own representation (see :meth:`Protocol.evaluate_code`).
+CODE_PREFIX = "code_"
 #: Fewest labels per class for a low-shot evaluation (its validation split needs some).
 MIN_LOWSHOT_PER_CLASS = 10
 
@@ -174,3 +182,20 @@ class Protocol:
             metrics["layer_best_linear_top1"] = chosen["linear_top1"]
             metrics["layer_last_linear_top1"] = layers[-1]["linear_top1"]
         return Evaluation(metrics, layers, best)
+
+    def evaluate_code(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                      test_y: torch.Tensor, num_classes: int, seed: int) -> dict[str, float]:
+        """Every evaluator with all labels on a task's own representation: features
+        ``float32`` ``(N, K)`` and labels as in :meth:`evaluate`. No low-shot and no
+        layers (the stages are the backbone's, already probed).
+
+        Returns:
+            ``code_<metric>`` → value, e.g. ``code_knn_top1_k20``, ``code_linear_top1``.
+        """
+        metrics: dict[str, float] = {}
+        for name, evaluator in self.evaluators.items():
+            with phase(f"{name} on the task's code, all labels"):
+                scores = evaluator.evaluate(train_x, train_y, test_x, test_y, num_classes,
+                                            seed=seed)
+            metrics.update({f"{CODE_PREFIX}{metric}": value for metric, value in scores.items()})
+        return metrics

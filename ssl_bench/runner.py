@@ -31,6 +31,7 @@ from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0, 
                                    staging_path, unsettled)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
+from ssl_bench.datasets.base import cache_dir
 from ssl_bench.datasets.pairing import with_eval_data
 from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
 from ssl_bench.export import init_backbone, load_run_weights
@@ -357,8 +358,9 @@ def _train_and_evaluate(config: RunConfig, run_dir: Path, work: Path, task: Pret
     eval_settings = EvalSettings(config.eval_batch_size, config.layer_probes, config.layer_dims,
                                  precision, config.bn_recalibrate)
 
-    def evaluate() -> tuple[dict[str, Any], torch.Tensor]:
-        return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device)
+    def evaluate(cache: Path | None = None) -> tuple[dict[str, Any], torch.Tensor | None]:
+        return evaluate_frozen(task, eval_data, protocol, eval_settings, config.seed, device,
+                               cache)
 
     step0 = distributed.on_main(
         lambda: _step0_reference(task, trainer, evaluate, config, work), task)
@@ -496,9 +498,11 @@ def _step0_reference(task: PretextTask, trainer: Trainer, evaluate, config: RunC
                      run_dir: Path) -> dict[str, Any] | None:
     """The evaluation of the task before its first optimizer step (``step0.json``, kept
     so that a resumed run reuses it). It draws no random number that training would
-    see, so a run is the same with or without it. ``None`` when switched off, for
-    untrained references (their final evaluation is their step 0), or when a run is
-    resumed past step 0 without one (said on stderr)."""
+    see, so a run is the same with or without it. Its backbone part comes from
+    :func:`step0_cache` when an earlier run evaluated the same initial backbone the
+    same way (e.g. rotation and the autoencoder at one seed). ``None`` when switched
+    off, for untrained references (their final evaluation is their step 0), or when a
+    run is resumed past step 0 without one (said on stderr)."""
     if not (config.step0 and task.pretrains):
         return None
     path = run_dir / STEP0
@@ -509,9 +513,16 @@ def _step0_reference(task: PretextTask, trainer: Trainer, evaluate, config: RunC
               "its gain over initialisation is not measured", file=sys.stderr)
         return None
     with held_out_rng():  # forks torch's generators: training draws stay as they were
-        record, _ = evaluate()
+        record, _ = evaluate(step0_cache())
     atomic_write_json(path, record)
     return record
+
+
+def step0_cache() -> Path:
+    """``$SSL_BENCH_CACHE/step0``: the backbone parts of step-0 evaluations, one file
+    per :func:`ssl_bench.evaluate.frozen_key`, so that a sweep pays once for each
+    distinct initial backbone, normalisation and evaluation."""
+    return cache_dir() / "step0"
 
 
 def _save_figures(task: PretextTask, test_images: torch.Tensor, run_dir: Path,

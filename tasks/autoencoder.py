@@ -58,8 +58,9 @@ class Autoencoder(PretextTask):
       contractive autoencoders subclass this task and add theirs).
 
     Logs ``recon_loss`` and ``psnr_db`` (the reconstruction in [0, 1] against the
-    input). Features: the code h ``(N, code_dim)`` of the image: the autoencoder's
-    representation, as μ is the VAE's (the backbone's stages for per-layer probes).
+    input). Features: the pooled backbone output, as for every task; the code h
+    ``(N, code_dim)``, the autoencoder's own representation, is scored beside it
+    (:meth:`task_features`, ``code_*`` metrics).
 
     The decoder's BatchNorm (``decoder_norm``, on by default) makes the reconstruction
     all but blind to a common rescaling of the code (see
@@ -148,15 +149,9 @@ class Autoencoder(PretextTask):
         return recon + penalty, logs
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def task_features(self, images: torch.Tensor) -> torch.Tensor:
         """The code h ``(N, code_dim)`` of images ``(N, C, H, W)`` in [0, 1]."""
         return self.encode(images)
-
-    @torch.no_grad()
-    def features_and_stages(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The code and the backbone's stage maps from one pass."""
-        pooled, stages = self.backbone.forward_with_stages(self.normalize(images))  # (N, D)
-        return self.activate(self.bottleneck(pooled)), stages  # (N, K), [(N, C_i, h_i, w_i)]
 
     def title(self) -> str:
         """The rendered figure's title."""

@@ -250,11 +250,19 @@ class PretextTask(nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen evaluation features ``(N, D)`` float of images ``(N, C, H, W)`` in [0, 1].
-
-        The default is the backbone's pooled output on :meth:`normalize`-d images;
-        the VAE returns μ, split-brain both halves concatenated."""
+        """Frozen evaluation features ``(N, D)`` float of images ``(N, C, H, W)`` in [0, 1]:
+        the backbone's pooled output on :meth:`normalize`-d images (split-brain's
+        backbone concatenates its two halves). The headline metrics score every task
+        on these, so that rows compare pretext tasks, not representation widths; a
+        task's own representation (a code, μ) is :meth:`task_features`."""
         return self.backbone(self.normalize(images))
+
+    @torch.no_grad()
+    def task_features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The task's own representation ``(N, K)`` float of images ``(N, C, H, W)`` in
+        [0, 1] when it has one besides the pooled backbone (an autoencoder's code, the
+        VAE's μ), scored as extra ``code_*`` metrics; ``None`` (the default) otherwise."""
+        return None
 
     @torch.no_grad()
     def feature_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -264,7 +272,7 @@ class PretextTask(nn.Module):
     @torch.no_grad()
     def features_and_stages(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`features` and :meth:`feature_stages` from one backbone pass (what
-        evaluation extracts); a task that overrides :meth:`features` overrides this too."""
+        evaluation extracts)."""
         return self.backbone.forward_with_stages(self.normalize(images))
 
     @torch.no_grad()

@@ -102,7 +102,7 @@ class ContractiveAutoencoder(Autoencoder):
     BatchNorm: in train mode each image's code depends on the whole batch, so the
     Jacobian of a batched vector–Jacobian product is not one image's own. The penalty
     is therefore defined on the encoder in eval mode (BatchNorm with its running
-    statistics: the function whose code is evaluated as features), where each
+    statistics: the function whose code is evaluated), where each
     image's code depends on its own pixels only; the reconstruction keeps train mode.
     """
 

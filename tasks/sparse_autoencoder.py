@@ -74,7 +74,8 @@ class SparseAutoencoder(Autoencoder):
     ``decoder_norm=false`` the KL penalty does switch units off (a test shows it on a
     fixed batch), at the autoencoder's slower start.
 
-    Features: the code h ``(N, code_dim)`` (the sigmoid's output for ``kl``).
+    Extra features (``code_*`` metrics): the code h ``(N, code_dim)`` (the sigmoid's
+    output for ``kl``).
     """
 
     paper = "Ng, Sparse autoencoder, CS294A lecture notes (2011), §3"

@@ -115,7 +115,8 @@ class VAE(PretextTask):
     Optimisation: Adam, lr 1e-3 (Kingma & Ba 2015), in place of the paper's Adagrad
     (§5), and no weight decay (the paper's decay is a weak N(0, I) prior).
 
-    Features: μ of q(z|x), ``(N, latent_dim)``.
+    Features: the pooled backbone output, as for every task; μ of q(z|x)
+    ``(N, latent_dim)`` is scored beside it (:meth:`task_features`, ``code_*`` metrics).
     """
 
     paper = "Kingma & Welling, ICLR 2014, §2.3–2.4, §3, Appendices B, C"
@@ -129,7 +130,7 @@ class VAE(PretextTask):
             latent_dim: J, the size of z. 64: Kingma & Welling (§5, Fig. 2) find that
                 more latent variables than an image needs do not overfit, since
                 unused ones fall back to the prior; 64 covers what 28–32 px images
-                use while keeping the μ features compact.
+                use while keeping μ compact.
             likelihood: ``auto``, ``bernoulli`` or ``gaussian`` (see the class).
             beta: weight of the KL term (1: the ELBO; Higgins et al. 2017 for ≠ 1).
             decoder_width: channels of the decoder's last up-convolution.
@@ -209,15 +210,9 @@ class VAE(PretextTask):
         return loss, logs
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def task_features(self, images: torch.Tensor) -> torch.Tensor:
         """μ of q(z|x), ``(N, latent_dim)``, for images ``(N, C, H, W)`` in [0, 1]."""
         return self.encode(images)[0]
-
-    @torch.no_grad()
-    def features_and_stages(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """μ and the backbone's stage maps from one pass."""
-        pooled, stages = self.backbone.forward_with_stages(self.normalize(images))
-        return self.mu(pooled), stages
 
     @torch.no_grad()
     def render(self, images: torch.Tensor):

@@ -91,6 +91,16 @@ def test_protocol_reports_full_lowshot_and_per_layer_metrics():
     assert result.layer_best == "signal"
 
 
+def test_a_code_is_scored_by_every_evaluator_with_all_labels_under_its_prefix():
+    train_x, train_y = _blobs(100)
+    test_x, test_y = _blobs(25, seed=1)
+    evaluators = {"knn": KNNEvaluator(ks=(20,)), "linear": LinearProbe()}
+    protocol = Protocol(evaluators, lowshot={"10pct": 40}, layer_probe=LinearProbe())
+    code = protocol.evaluate_code(train_x, train_y, test_x, test_y, 4, seed=0)
+    all_labels = Protocol(evaluators).evaluate(train_x, train_y, test_x, test_y, 4, seed=0)
+    assert code == {f"code_{k}": v for k, v in all_labels.metrics.items()}  # no low-shot, no layers
+
+
 def test_lowshot_of_every_labelled_image_reuses_the_all_label_scores(monkeypatch):
     """A low-shot percentage that covers the whole evaluation subset (10 % of CIFAR-10's
     train split with --eval-train-subset 5000) is scored once: its metrics are the

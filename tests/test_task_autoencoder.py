@@ -33,7 +33,7 @@ def test_shapes_and_auto_loss(spec, loss):
     task.eval()
     recon = task.reconstruct(images)
     assert recon.shape == images.shape and recon.min() >= 0 and recon.max() <= 1
-    assert task.features(images).shape == (4, 12)
+    assert task.task_features(images).shape == (4, 12)
     assert set(task.pretext_metrics(images)) == {"loss", "recon_loss", "psnr_db"}
     parameters = task.summary()["parameters"]
     assert parameters["bottleneck"] == task.backbone.num_features * 12 + 12
@@ -98,13 +98,11 @@ def test_loss_is_the_reconstruction_and_logs_its_psnr(loss):
         assert torch.allclose(recon, task.decoder(task.encode(images)).sigmoid())
 
 
-def test_features_are_the_code_from_one_pass():
+def test_the_code_is_the_task_features():
     task = build_small_task("autoencoder", GRAY28, code_dim=10).eval()
     images = smooth_images(3, GRAY28)
-    code, stages = task.features_and_stages(images)
     with torch.no_grad():
-        torch.testing.assert_close(code, task.encode(images))
-    assert [s.shape[1] for s in stages] == [s.shape[1] for s in task.feature_stages(images)]
+        torch.testing.assert_close(task.task_features(images), task.encode(images))
 
 
 @pytest.mark.parametrize("norm", [True, False], ids=["batchnorm", "no-norm"])

@@ -109,7 +109,7 @@ def test_auto_is_exact_for_small_codes_only():
 def test_shapes_and_metrics(spec):
     task = build_small_task("contractive-autoencoder", spec, code_dim=6).eval()
     images = smooth_images(4, spec)
-    assert task.features(images).shape == (4, 6)
+    assert task.task_features(images).shape == (4, 6)
     assert set(task.pretext_metrics(images)) == {"loss", "recon_loss", "psnr_db",
                                                  "contractive_loss", "jacobian_frobenius_sq",
                                                  "relative_jacobian_sq"}

@@ -37,7 +37,7 @@ def test_shapes_code_range_and_logs(spec, penalty):
     else:  # the autoencoder's linear code
         assert code.min() < 0
     task.eval()
-    assert task.features(images).shape == (4, 16)
+    assert task.task_features(images).shape == (4, 16)
     assert set(task.pretext_metrics(images)) == LOGS
     assert task.summary()["penalty"] == penalty
 

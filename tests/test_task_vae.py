@@ -35,7 +35,7 @@ def test_shapes_and_auto_likelihood(spec, likelihood, out_channels):
     assert task.decoder(mu).shape[1] == out_channels
     assert (out_logvar is None) == (likelihood == "bernoulli")
     task.eval()
-    assert task.features(images).shape == (4, 16)
+    assert task.task_features(images).shape == (4, 16)
     assert set(task.pretext_metrics(images)) == {"loss", "recon_nats", "kl_nats",
                                                  "neg_elbo_nats", "bits_per_dim"}
     assert task.summary()["likelihood"] == likelihood
@@ -111,12 +111,12 @@ def test_neg_elbo_draws_from_the_global_rng():
     assert not torch.equal(first[0], second[0])  # fresh ε and dequantisation noise
 
 
-def test_features_are_the_posterior_mean_and_deterministic():
+def test_task_features_are_the_posterior_mean_and_deterministic():
     task = build_small_task("vae", RGB32, latent_dim=12)
     task.eval()
     images = torch.rand(4, 3, 32, 32)
-    features = task.features(images)
-    assert torch.equal(features, task.features(images))
+    features = task.task_features(images)
+    assert torch.equal(features, task.task_features(images))
     with torch.no_grad():
         assert torch.equal(features, task.encode(images)[0])
 
