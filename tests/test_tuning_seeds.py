@@ -5,6 +5,7 @@ chooses and what it writes, not training."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,23 @@ def test_tune_writes_the_fixed_options_row(tmp_path, monkeypatch):
     tasks = yaml.safe_load(out.read_text())["digits/convnet"]["tasks"]
     assert list(tasks) == ["context-encoder adversarial=false"]
     assert all(c.task_options["adversarial"] == "false" for c in ran)
+
+
+# --------------------------------------------------------------- BN re-estimation decision
+
+def test_the_bn_recalibration_table_compares_validation_not_test(tmp_path, capsys):
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "results" / "bn_recalibration.py"))
+    for seed, (run_val, bn_val) in enumerate([(40.0, 41.0), (42.0, 44.0)]):
+        (tmp_path / "runs" / f"r{seed}").mkdir(parents=True)
+        (tmp_path / "runs" / f"r{seed}" / RESULTS).write_text(json.dumps({
+            "task": "jigsaw", "config": {"task_options": {}},
+            "metrics": {"linear_val_top1": run_val, "linear_top1": 99.0, "knn_top1_k20": 99.0}}))
+        (tmp_path / "bn").mkdir(exist_ok=True)
+        (tmp_path / "bn" / f"r{seed}.json").write_text(json.dumps({"metrics": {
+            "linear_val_top1": bn_val, "linear_top1": 1.0, "knn_top1_k20": 1.0}}))
+    script["main"](str(tmp_path / "runs"), str(tmp_path / "bn"))
+    table = capsys.readouterr().out
+    assert "validation" in table and "41.0 → 42.5" in table  # means of the validation top-1
+    assert "99.0" not in table and "k-NN" not in table  # nothing from test
