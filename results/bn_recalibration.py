@@ -4,9 +4,12 @@ Usage: ``python results/bn_recalibration.py RUNS_DIR BN_DIR > results/bn-recalib
 where BN_DIR holds ``<run name>.json`` written by
 ``ssl-bench evaluate RUNS_DIR/<run name> --bn-recalibrate -o BN_DIR/<run name>.json``.
 
-Per configuration: the run's own top-1 and the re-estimated one (means over seeds), and
-their paired difference with the half-width of its 95% Student-t interval over seeds;
-``*`` marks a difference whose interval excludes 0.
+Per configuration: the linear probe's **validation** top-1 of the run and of the
+re-estimated evaluation (means over seeds; the same validation images for both, a split
+of the labelled train images seeded by the run's seed), and their paired difference
+with the half-width of its 95% Student-t interval over seeds; ``*`` marks a difference
+whose interval excludes 0. The decision whether to switch the option on is a choice, so
+it reads validation only: test top-1 is not printed. (k-NN has no validation split.)
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-METRICS = {"knn_top1_k20": "k-NN k=20", "linear_top1": "linear"}
+METRICS = {"linear_val_top1": "linear, validation"}
 
 
 def row_label(results: dict) -> str:

@@ -14,7 +14,7 @@ from ssl_bench.tune import LR_SCALES, apply_tuned, grid, is_tuned
 
 TUNED_TASKS = [n for n in TASKS.names() if is_tuned(n)]
 TINY = ["--epochs", "1", "--train-subset", "64", "--batch-size", "32",
-        "--eval-train-subset", "300", "--test-subset", "100"]
+        "--test-subset", "100"]
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,8 @@ def torch_randperm(n):
 def test_runs_take_the_tuned_settings_and_explicit_options_win(tmp_path, capsys):
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text(yaml.safe_dump({"digits/convnet": {"budget": {}, "command": "x", "tasks": {
-        "denoising": {"lr_scale": 0.25, "set": {"noise": "masking", "fraction": 0.25}}}}}))
+        "denoising": {"lr_scale": 0.25, "set": {"noise": "masking", "fraction": 0.25},
+                      "seeds": [1000]}}}}))
     config = apply_tuned(RunConfig(task="denoising"), tuned)
     assert config.lr_scale == 0.25 and config.task_options == {"noise": "masking",
                                                                "fraction": 0.25}
