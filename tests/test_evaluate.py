@@ -50,7 +50,8 @@ def test_reevaluating_a_run_reproduces_its_metrics(tmp_path, monkeypatch, precis
     out = tmp_path / "runs"
     assert main(["run", "--task", "denoising", "--epochs", "1", "--train-subset", "64",
                  "--batch-size", "32", "--evaluators", "knn", "--lowshot", "--no-layer-probes",
-                 "--no-step0", "--test-subset", "100", "--precision", precision,
+                 "--no-step0", "--test-subset", "100", "--eval-train-subset", "200",
+                 "--pretext-eval-images", "64", "--precision", precision,
                  "--out", str(out)]) == 0
     (run_dir,) = out.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
@@ -77,3 +78,27 @@ def test_an_unwritable_output_file_is_one_line_naming_it(tmp_path):
         with _writing(str(target)):
             atomic_write_json(target, {})
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_reloaded_task_gives_the_trained_task_s_features_bit_for_bit():
+    """The cause of `ssl-bench evaluate` once disagreeing with its run: training leaves
+    the task in channels-last, a reloaded checkpoint is contiguous, and the two layouts
+    run different convolution kernels (fp32 features ~3e-8 apart, enough to flip a
+    k-NN vote). Every evaluation now runs in one layout, so the features are equal."""
+    from eval.knn import KNNEvaluator
+    from eval.protocol import Protocol
+    from ssl_bench.evaluate import EvalData, EvalSettings, evaluate_frozen
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(40) % 2
+    data = EvalData(images[:32], labels[:32], images[32:], labels[32:], 2, images[32:])
+    settings = EvalSettings(batch_size=16, layer_probes=False, layer_dims=64)
+    trained = build_small_task("rotation", RGB32).to(memory_format=torch.channels_last)
+    reloaded = build_small_task("rotation", RGB32)
+    reloaded.load_state_dict(trained.state_dict())  # contiguous, as torch.load gives it
+    _, a = evaluate_frozen(trained, data, Protocol({"knn": KNNEvaluator()}), settings, 0,
+                           torch.device("cpu"))
+    _, b = evaluate_frozen(reloaded, data, Protocol({"knn": KNNEvaluator()}), settings, 0,
+                           torch.device("cpu"))
+    assert torch.equal(a, b)
