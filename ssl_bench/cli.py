@@ -388,14 +388,11 @@ def _check_output_file(path: str) -> None:
     """Refuse an ``-o`` file that cannot be written: a folder, a path through a file,
     or a folder this user may not write to (it is replaced atomically, so its folder
     must be writable)."""
-    target = Path(path)
-    existing = next(p for p in (*target.parents, Path(".")) if p.exists())
-    if target.is_dir():
+    from ssl_bench.core.rundir import check_writable
+
+    if Path(path).is_dir():
         raise OptionError(f"-o {path} is a folder; give a file name")
-    if not existing.is_dir():
-        raise OptionError(f"-o {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OptionError(f"-o {path}: no permission to write in {existing}")
+    check_writable(Path(path).parent, f"-o {path}")
 
 
 def _tune(args: argparse.Namespace, argv: list[str]) -> int:

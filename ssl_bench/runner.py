@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,8 +26,8 @@ from ssl_bench.core.precision import autocast, resolve_precision
 from ssl_bench.core.registry import EVALUATORS, TASKS
 from ssl_bench.core.rundir import (CHECKPOINT, CONFIG, METRICS, RESULTS, STEP0, RunLock,
                                    atomic_torch_save, atomic_write_json, atomic_write_yaml,
-                                   read_json, remove_temporary_files, replace_run, settle_run,
-                                   staging_path, unsettled)
+                                   check_writable, read_json, remove_temporary_files,
+                                   replace_run, settle_run, staging_path, unsettled)
 from ssl_bench.core.subsets import balanced_subset_indices, subset_indices
 from ssl_bench.datasets import ImageData, load_dataset
 from ssl_bench.datasets.base import cache_dir
@@ -148,17 +147,6 @@ def training_compute(task: PretextTask, trainer: Trainer, optims: list[OptimConf
             "train_gflops": per_step * steps}
 
 
-def _check_out(out: str) -> None:
-    """Refuse an ``--out`` that cannot hold run folders: a file, a path through a
-    file, or a folder this user may not write to."""
-    path = Path(out)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise OptionError(f"--out {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OptionError(f"--out {out}: no permission to write in {existing}")
-
-
 def _check_run_dir(config: RunConfig) -> Path:
     """The run folder, after settling an ``--overwrite`` that a killed process left half
     done (the only change made before every input is checked).
@@ -166,7 +154,7 @@ def _check_run_dir(config: RunConfig) -> Path:
     Raises:
         SslBenchError: as :func:`_check_state`, or the folder is in use.
     """
-    _check_out(config.out)
+    check_writable(Path(config.out), f"--out {config.out}")
     run_dir = Path(config.out) / run_name(config)
     if distributed.is_main() and unsettled(run_dir):
         with RunLock(run_dir):

@@ -64,11 +64,11 @@ def check_grid(configs: list[RunConfig]) -> None:
     from ssl_bench.core.registry import EVALUATORS
     from ssl_bench.datasets import load_dataset
     from ssl_bench.datasets.pairing import with_eval_data
-    from ssl_bench.runner import _check_out
+    from ssl_bench.core.rundir import check_writable
 
     specs, built = {}, set()
     for config in configs:
-        _check_out(config.out)
+        check_writable(Path(config.out), f"--out {config.out}")
         for name in config.evaluators:
             EVALUATORS.get(name)
         data_key = (config.dataset, config.data_root, config.image_size, config.eval_dataset,

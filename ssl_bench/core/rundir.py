@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ssl_bench.core.errors import DataError, SslBenchError
+from ssl_bench.core.errors import DataError, OptionError, SslBenchError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -69,6 +69,20 @@ def _naming(path: Path) -> Iterator[None]:
             raise
         raise OSError(exc.errno, "no space left on device (nothing was written to it)",
                       str(path)) from None
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse a ``path`` that could not be made: its nearest existing ancestor (or
+    itself) is a file, or a folder this user may not write to.
+
+    Raises:
+        OptionError: naming ``option`` (e.g. ``--out runs``) and that ancestor.
+    """
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OptionError(f"{option}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"{option}: no permission to write in {existing}")
 
 
 def _umask() -> int:
